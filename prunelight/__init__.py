@@ -1,0 +1,8 @@
+"""prunelight: prune large language models with PyTorch Lightning, and prove what the pruning cost."""
+
+from prunelight.errors import ConfigError, DataError, ModelError, PrunelightError, UnsupportedModelError
+from prunelight.models import ModelSpec, load
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "DataError", "ModelError", "ModelSpec", "PrunelightError", "UnsupportedModelError", "load"]
