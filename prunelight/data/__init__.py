@@ -1,0 +1,17 @@
+"""Data: the corpus registry, local readers, and the token windows for calibration and evaluation."""
+
+from prunelight.data.corpora import Corpus, CorpusSpec, as_spec, known_corpora, load_corpus
+from prunelight.data.root import data_root
+from prunelight.data.windows import WindowSet, calibration_windows, evaluation_windows
+
+__all__ = [
+    "Corpus",
+    "CorpusSpec",
+    "WindowSet",
+    "as_spec",
+    "calibration_windows",
+    "data_root",
+    "evaluation_windows",
+    "known_corpora",
+    "load_corpus",
+]

@@ -1,0 +1,23 @@
+"""Where named corpora live when the hub is not reachable (layout in docs/data.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "PRUNELIGHT_DATA"
+DEFAULT = Path.home() / ".cache" / "prunelight" / "data"
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The setting if given, else ``$PRUNELIGHT_DATA``, else ``~/.cache/prunelight/data``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    return DEFAULT
+
+
+def hub_disabled() -> bool:
+    """Honour the hub's own offline switches, so an offline machine never waits on a connection."""
+    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
