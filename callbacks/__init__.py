@@ -1,0 +1,5 @@
+"""Lightning callbacks of prunelight (an installed package of its own, next to ``prunelight``)."""
+
+from callbacks.evaluation_report import EvaluationReport
+
+__all__ = ["EvaluationReport"]

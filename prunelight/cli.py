@@ -1,0 +1,97 @@
+"""``prunelight`` / ``python train.py``: one LightningCLI whose subcommands are the Trainer's stages.
+
+Each subcommand has default model and data classes (:data:`SUBCOMMANDS`), so a YAML needs no
+``class_path``; results land in ``<results_root>/<model>/<experiment>/`` with TensorBoard under ``tb/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from prunelight.errors import PrunelightError
+from prunelight.trainer import PrunelightTrainer
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """Default classes of a subcommand, and the Trainer-method arguments the CLI fills itself."""
+
+    model: str | None
+    data: str | None
+    skip: frozenset[str] = frozenset({"model", "datamodule"})
+
+
+_PERPLEXITY = ("prunelight.evaluate.PerplexityModule", "prunelight.data.datamodule.PerplexityDataModule")
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "fit": Subcommand(None, None, frozenset({"model", "train_dataloaders", "val_dataloaders", "datamodule"})),
+    "validate": Subcommand(*_PERPLEXITY, frozenset({"model", "dataloaders", "datamodule"})),
+    "test": Subcommand(*_PERPLEXITY, frozenset({"model", "dataloaders", "datamodule"})),
+    "predict": Subcommand(None, None, frozenset({"model", "dataloaders", "datamodule"})),
+    "evaluate": Subcommand(*_PERPLEXITY),
+    # prune / finetune / pipeline: a PrunelightTrainer method plus one entry here.
+}
+
+
+class PrunelightCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: set(sub.skip) for name, sub in SUBCOMMANDS.items()}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        defaults = SUBCOMMANDS[subcommand]
+        if defaults.model:
+            parser.set_defaults({"model": {"class_path": defaults.model}})
+        if defaults.data:
+            parser.set_defaults({"data": {"class_path": defaults.data}})
+        return parser
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=str | None, default=None,
+                            help="Results go to <results_root>/<model>/<experiment>/ (default: the subcommand).")
+        parser.add_argument("--results_root", type=str, default="results", help="Root of all result folders.")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        config = self._get(self.config, "trainer")
+        run_dir = self.run_dir()
+        if config.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(run_dir)
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+        return super().instantiate_trainer(**kwargs)
+
+    def run_dir(self) -> Path:
+        experiment = self._get(self.config, "experiment") or self.subcommand or "run"
+        name = getattr(self.model, "run_name", type(self.model).__name__)
+        return Path(self._get(self.config, "results_root")) / name / experiment
+
+
+def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
+    return PrunelightCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        trainer_class=PrunelightTrainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+        run=run,
+    )
+
+
+def main(args: Any = None) -> None:
+    """Entry point of ``prunelight`` and ``python train.py``: user errors print one line and exit 2."""
+    try:
+        cli(args)
+    except PrunelightError as err:
+        print(f"prunelight: error: {err}", file=sys.stderr)
+        sys.exit(2)

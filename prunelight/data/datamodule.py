@@ -1,0 +1,95 @@
+"""LightningDataModules over token windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import PreTrainedTokenizerBase
+
+from prunelight.data.corpora import CorpusSpec, as_spec
+from prunelight.data.windows import WindowSet, evaluation_windows
+from prunelight.errors import ConfigError
+from prunelight.models.loader import load_tokenizer
+from prunelight.models.spec import ModelSpec
+
+
+class PerplexityDataModule(L.LightningDataModule):
+    """Non-overlapping evaluation windows over whole splits, one dataloader per corpus.
+
+    Args:
+        corpora: corpora to evaluate on (``wikitext2``, ``ptb``, ``c4``, ``c4_zh``, a local file, or a
+            mapping with CorpusSpec fields).
+        split: ``test`` (the literature's default), ``validation`` or ``train``.
+        seqlen: tokens per window; 2048 makes numbers comparable with the literature. Every reported number
+            says which seqlen it used.
+        batch_size: windows per forward pass.
+        max_windows: evaluate only the first N windows of each corpus (None: the whole split).
+        data_root: where named corpora live without the hub (default ``$PRUNELIGHT_DATA``).
+        tokenizer: a tokenizer to load (path, hub id or zoo name); None uses the model's.
+        num_workers: dataloader workers.
+    """
+
+    def __init__(
+        self,
+        corpora: list[str | CorpusSpec] | None = None,
+        split: str = "test",
+        seqlen: int = 2048,
+        batch_size: int = 1,
+        max_windows: int | None = None,
+        data_root: str | None = None,
+        tokenizer: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.specs = [as_spec(c) for c in (corpora or ["wikitext2"])]
+        labels = [s.label for s in self.specs]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"corpora {labels} name the same corpus twice")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.split, self.seqlen, self.batch_size = split, seqlen, batch_size
+        self.max_windows, self.data_root, self.num_workers = max_windows, data_root, num_workers
+        self.tokenizer_path = tokenizer
+        self.windows: dict[str, WindowSet] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.specs]
+
+    def _tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer_path:
+            return load_tokenizer(ModelSpec(self.tokenizer_path))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or getattr(module, "tokenizer", None) is None:
+            raise ConfigError("no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer")
+        return module.tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.windows:
+            return
+        tokenizer = self._tokenizer()
+        for spec in self.specs:
+            self.windows[spec.label] = evaluation_windows(
+                spec, tokenizer, self.seqlen, self.split, self.data_root, self.max_windows
+            )
+
+    def describe(self, label: str) -> dict[str, Any]:
+        """What a number for ``label`` was measured on, to be reported next to it."""
+        windows = self.windows[label]
+        return {"seqlen": self.seqlen, "split": self.split, "origin": windows.origins[0],
+                "tokens_in_split": windows.tokens_available[0], "max_windows": self.max_windows}
+
+    def _loaders(self) -> list[DataLoader]:
+        return [
+            DataLoader(TensorDataset(self.windows[label].input_ids), batch_size=self.batch_size,
+                       num_workers=self.num_workers)
+            for label in self.labels
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._loaders()
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._loaders()

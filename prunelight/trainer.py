@@ -1,0 +1,49 @@
+"""The Lightning Trainer with prunelight's stages as methods; each method is one CLI subcommand."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from callbacks.evaluation_report import EvaluationReport
+
+
+class PrunelightTrainer(L.Trainer):
+    """A :class:`lightning.Trainer` that also knows prunelight's stages.
+
+    ``fit``/``validate``/``test`` are Lightning's own. ``evaluate`` is the first of prunelight's stages;
+    ``prune``, ``finetune`` and ``pipeline`` join it as methods of this class and as entries of
+    :data:`prunelight.cli.SUBCOMMANDS`.
+    """
+
+    def evaluate(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> dict[str, Any]:
+        """Measure perplexity on every corpus of the datamodule; write analysis/perplexity.json and TensorBoard.
+
+        Runs ``test`` with an :class:`EvaluationReport` attached. If the evaluation fails, a run folder it
+        created is removed again, so a failed run leaves no half-written results behind.
+        """
+        report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
+        if report is None:
+            report = EvaluationReport()
+            self.callbacks.append(report)
+        with _removed_on_failure(Path(self.default_root_dir)):
+            self.test(model, datamodule=datamodule, verbose=False)
+        return report.report or {}
+
+
+class _removed_on_failure:
+    """Delete ``folder`` if it did not exist before and the block raises."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.existed = folder, folder.exists()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, value, traceback) -> bool:
+        if kind is not None and not self.existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        return False
