@@ -69,9 +69,15 @@ class EvaluationReport(L.Callback):
             "seconds": seconds,
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             **peak,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu",
             "world_size": trainer.world_size,
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "lightning": L.__version__},
+            "versions": {
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "lightning": L.__version__,
+            },
         }
         self._write(trainer)
 
@@ -82,8 +88,12 @@ class EvaluationReport(L.Callback):
             metrics = {f"hparams/ppl_{name}": r["perplexity"] for name, r in self.report["corpora"].items()}
             first = next(iter(self.report["corpora"].values()))
             trainer.logger.log_hyperparams(
-                {"model": self.report["model"], "dtype": self.report["dtype"], "seqlen": first["seqlen"],
-                 "split": first["split"]},
+                {
+                    "model": self.report["model"],
+                    "dtype": self.report["dtype"],
+                    "seqlen": first["seqlen"],
+                    "split": first["split"],
+                },
                 metrics,
             )
         for name, r in self.report["corpora"].items():

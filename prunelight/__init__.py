@@ -5,4 +5,12 @@ from prunelight.models import ModelSpec, load
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DataError", "ModelError", "ModelSpec", "PrunelightError", "UnsupportedModelError", "load"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "ModelSpec",
+    "PrunelightError",
+    "UnsupportedModelError",
+    "load",
+]

@@ -45,7 +45,9 @@ class PrunelightCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {name: set(sub.skip) for name, sub in SUBCOMMANDS.items()}
 
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         defaults = SUBCOMMANDS[subcommand]
         if defaults.model:
@@ -55,8 +57,12 @@ class PrunelightCLI(LightningCLI):
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--experiment", type=str | None, default=None,
-                            help="Results go to <results_root>/<model>/<experiment>/ (default: the subcommand).")
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="Results go to <results_root>/<model>/<experiment>/ (default: the subcommand).",
+        )
         parser.add_argument("--results_root", type=str, default="results", help="Root of all result folders.")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:

@@ -19,8 +19,10 @@ class PrunelightTrainer(L.Trainer):
     :data:`prunelight.cli.SUBCOMMANDS`.
     """
 
-    def evaluate(self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> dict[str, Any]:
-        """Measure perplexity on every corpus of the datamodule; write analysis/perplexity.json and TensorBoard.
+    def evaluate(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None
+    ) -> dict[str, Any]:
+        """Perplexity on every corpus of the datamodule, written to analysis/perplexity.json and TensorBoard.
 
         Runs ``test`` with an :class:`EvaluationReport` attached. If the evaluation fails, a run folder it
         created is removed again, so a failed run leaves no half-written results behind.

@@ -61,12 +61,18 @@ class CorpusSpec:
         if not self.weight > 0:
             raise ConfigError(f"corpus {self.name!r}: weight must be > 0, got {self.weight}")
         if self.format is not None and self.format not in SQUAD_FORMATS:
-            raise ConfigError(f"corpus {self.name!r}: format {self.format!r} is not one of {', '.join(SQUAD_FORMATS)}")
+            raise ConfigError(
+                f"corpus {self.name!r}: format {self.format!r} is not one of {', '.join(SQUAD_FORMATS)}"
+            )
 
     @property
     def label(self) -> str:
         """A short name for metric keys and reports."""
-        base = Path(self.name).stem if _is_file_name(self.name) else self.name.removeprefix("hf:").replace("/", "_")
+        base = (
+            Path(self.name).stem
+            if _is_file_name(self.name)
+            else self.name.removeprefix("hf:").replace("/", "_")
+        )
         return f"{base}_{self.format}" if self.format else base
 
 
@@ -134,7 +140,11 @@ NAMED: dict[str, NamedCorpus] = {
             "WikiText-2 raw (wikitext-2-raw-v1)",
             "Salesforce/wikitext",
             hub_config="wikitext-2-raw-v1",
-            local={"train": ("wiki.train.raw",), "validation": ("wiki.valid.raw",), "test": ("wiki.test.raw",)},
+            local={
+                "train": ("wiki.train.raw",),
+                "validation": ("wiki.valid.raw",),
+                "test": ("wiki.test.raw",),
+            },
             ordered=True,
             text_rows=_wikitext_rows,
         ),
@@ -165,7 +175,7 @@ NAMED: dict[str, NamedCorpus] = {
         ),
         NamedCorpus(
             "c4_zh",
-            "Chinese web text (mC4 zh on the hub; CLUECorpusSmall / THUCNews samples locally); test means validation",
+            "Chinese web text (mC4 zh on the hub; CLUECorpusSmall / THUCNews locally); test means validation",
             "allenai/c4",
             hub_splits={"train": "train", "validation": "validation", "test": "validation"},
             hub_data_files={
@@ -213,7 +223,9 @@ def load_corpus(corpus: str | CorpusSpec | dict, split: str, root: str | Path | 
     if _is_file_name(spec.name):
         path = Path(spec.name).expanduser()
         docs = read_documents(path, spec.text_field, spec.per_line)
-        return Corpus(spec.label, docs, "\n\n", ordered=not spec.per_line and len(docs) == 1, origin=str(path))
+        return Corpus(
+            spec.label, docs, "\n\n", ordered=not spec.per_line and len(docs) == 1, origin=str(path)
+        )
     raise DataError(
         f"unknown corpus {spec.name!r}; known corpora: {', '.join(known_corpora())}; or give a local file "
         f"({', '.join(SUPPORTED_SUFFIXES)}) or hf:<dataset id> for a hub dataset with a text field"
@@ -232,13 +244,17 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
     hub_split = named.hub_splits.get(split)
     local_split = "validation" if split == "test" and "test" not in named.local else split
     if hub_split is None and local_split not in named.local:
-        raise DataError(f"corpus {named.name!r} has no {split!r} split (it has: {', '.join(named.hub_splits)})")
+        raise DataError(
+            f"corpus {named.name!r} has no {split!r} split (it has: {', '.join(named.hub_splits)})"
+        )
     hub_error = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
     if hub_split is not None and not hub_disabled():
         try:
             texts = _hub_texts(named, spec, hub_split)
             return Corpus(spec.label, texts, named.join, named.ordered, f"hub:{named.hub_path}:{hub_split}")
-        except Exception as err:  # any hub failure falls back to the data root, and is reported if that fails too
+        except (
+            Exception
+        ) as err:  # any hub failure falls back to the data root, and is reported if that fails too
             hub_error = f"the hub failed ({type(err).__name__}: {str(err)[:200]})"
             log.info("corpus %s: %s; trying the data root %s", named.name, hub_error, root)
     folder = root / named.name
@@ -288,7 +304,8 @@ def _load_hub_dataset(spec: CorpusSpec, split: str) -> Corpus:
         raise DataError(f"could not load hub dataset {path!r} split {split!r}: {str(err)[:300]}") from None
     if spec.text_field not in dataset.column_names:
         raise DataError(
-            f"hub dataset {path!r} has no {spec.text_field!r} column (columns: {', '.join(dataset.column_names)});"
+            f"hub dataset {path!r} has no {spec.text_field!r} column "
+            f"(columns: {', '.join(dataset.column_names)});"
             " set text_field"
         )
     return Corpus(spec.label, list(dataset[spec.text_field]), "\n\n", False, f"hub:{path}:{split}")
@@ -319,4 +336,6 @@ def _squad_texts(records, fmt: str) -> list[str]:
         return list(dict.fromkeys(context for context, _, _ in records))
     if fmt == "context_question":
         return [f"{context}\n{question}" for context, question, _ in records]
-    return [f"Context: {context}\nQuestion: {question}\nAnswer: {answer}" for context, question, answer in records]
+    return [
+        f"Context: {context}\nQuestion: {question}\nAnswer: {answer}" for context, question, answer in records
+    ]

@@ -63,7 +63,9 @@ class PerplexityDataModule(L.LightningDataModule):
             return load_tokenizer(ModelSpec(self.tokenizer_path))
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is None or getattr(module, "tokenizer", None) is None:
-            raise ConfigError("no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer")
+            raise ConfigError(
+                "no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer"
+            )
         return module.tokenizer
 
     def setup(self, stage: str | None = None) -> None:
@@ -78,13 +80,21 @@ class PerplexityDataModule(L.LightningDataModule):
     def describe(self, label: str) -> dict[str, Any]:
         """What a number for ``label`` was measured on, to be reported next to it."""
         windows = self.windows[label]
-        return {"seqlen": self.seqlen, "split": self.split, "origin": windows.origins[0],
-                "tokens_in_split": windows.tokens_available[0], "max_windows": self.max_windows}
+        return {
+            "seqlen": self.seqlen,
+            "split": self.split,
+            "origin": windows.origins[0],
+            "tokens_in_split": windows.tokens_available[0],
+            "max_windows": self.max_windows,
+        }
 
     def _loaders(self) -> list[DataLoader]:
         return [
-            DataLoader(TensorDataset(self.windows[label].input_ids), batch_size=self.batch_size,
-                       num_workers=self.num_workers)
+            DataLoader(
+                TensorDataset(self.windows[label].input_ids),
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+            )
             for label in self.labels
         ]
 

@@ -15,7 +15,9 @@ SUPPORTED_SUFFIXES = (".txt", ".raw", ".jsonl", ".json", ".parquet", ".jsonl.gz"
 
 def suffix_of(path: Path) -> str:
     name = path.name.lower()
-    return next((s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix)
+    return next(
+        (s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix
+    )
 
 
 def _open(path: Path) -> IO[str]:
@@ -63,7 +65,9 @@ def _record_text(record: object, text_field: str, where: str) -> str:
     if isinstance(record, str):
         return record
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected an object with a {text_field!r} field, got {type(record).__name__}")
+        raise DataError(
+            f"{where}: expected an object with a {text_field!r} field, got {type(record).__name__}"
+        )
     if text_field not in record:
         raise DataError(f"{where}: no {text_field!r} field (fields: {', '.join(record)}); set text_field")
     value = record[text_field]
@@ -80,7 +84,9 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno})") from None
+                raise DataError(
+                    f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno})"
+                ) from None
             yield _record_text(record, text_field, f"{path}, line {number}")
 
 
@@ -89,7 +95,9 @@ def _read_json(path: Path, text_field: str) -> list[str]:
         try:
             data = json.load(handle)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+            raise DataError(
+                f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+            ) from None
     if isinstance(data, dict):
         key = next((k for k in ("data", "rows", "records") if isinstance(data.get(k), list)), None)
         if key is None:
@@ -105,5 +113,7 @@ def _read_parquet(path: Path, text_field: str) -> list[str]:
 
     table = pq.read_table(path)
     if text_field not in table.column_names:
-        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set text_field")
+        raise DataError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set text_field"
+        )
     return [value or "" for value in table.column(text_field).to_pylist()]

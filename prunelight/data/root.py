@@ -20,4 +20,7 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 def hub_disabled() -> bool:
     """Honour the hub's own offline switches, so an offline machine never waits on a connection."""
-    return any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(v, "0").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )

@@ -121,7 +121,8 @@ def calibration_windows(
         origins.append(corpus.origin)
         if stream.numel() < count * seqlen:
             raise DataError(
-                f"corpus {spec.label!r} ({corpus.origin}) has {stream.numel()} tokens, fewer than nsamples x seqlen "
+                f"corpus {spec.label!r} ({corpus.origin}) has {stream.numel()} tokens, "
+                f"fewer than nsamples x seqlen "
                 f"= {count} x {seqlen} = {count * seqlen}; lower nsamples or seqlen, or use a larger corpus"
             )
         if count:
@@ -162,5 +163,12 @@ def evaluation_windows(
             f"seqlen {seqlen}; lower seqlen or use a larger split"
         )
     ids = stream[: count * seqlen].view(count, seqlen)
-    return WindowSet(ids, torch.zeros(count, dtype=torch.long), [spec.label], [1.0], seqlen, [loaded.origin],
-                     [stream.numel()])
+    return WindowSet(
+        ids,
+        torch.zeros(count, dtype=torch.long),
+        [spec.label],
+        [1.0],
+        seqlen,
+        [loaded.origin],
+        [stream.numel()],
+    )

@@ -36,7 +36,10 @@ class Perplexity(Metric):
             raise ValueError(f"logits {tuple(logits.shape)} do not match input_ids {tuple(input_ids.shape)}")
         labels = input_ids[:, 1:]
         nll = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), reduction="sum", ignore_index=self.ignore_index
+            logits[:, :-1].flatten(0, 1).float(),
+            labels.flatten(),
+            reduction="sum",
+            ignore_index=self.ignore_index,
         )
         self.nll_sum += nll.double()
         self.tokens += (labels != self.ignore_index).sum()
@@ -50,5 +53,9 @@ class Perplexity(Metric):
         with self.sync_context():
             nll, tokens, windows = self.nll_sum.item(), int(self.tokens), int(self.windows)
         mean = nll / tokens if tokens else float("nan")
-        return {"perplexity": math.exp(mean) if tokens else float("nan"), "nll_mean": mean, "tokens_scored": tokens,
-                "windows": windows}
+        return {
+            "perplexity": math.exp(mean) if tokens else float("nan"),
+            "nll_mean": mean,
+            "tokens_scored": tokens,
+            "windows": windows,
+        }

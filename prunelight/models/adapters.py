@@ -108,7 +108,15 @@ class FamilyAdapter:
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
-        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj, self.gate_proj, self.up_proj, self.down_proj)
+        return (
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.o_proj,
+            self.gate_proj,
+            self.up_proj,
+            self.down_proj,
+        )
 
 
 def _get(root: nn.Module, dotted: str) -> Any:
@@ -119,15 +127,27 @@ def _get(root: nn.Module, dotted: str) -> Any:
 
 
 FAMILIES: tuple[FamilyAdapter, ...] = (
-    FamilyAdapter("llama", ("llama",), qkv_bias="attention_bias", o_bias="attention_bias", mlp_bias="mlp_bias"),
+    FamilyAdapter(
+        "llama", ("llama",), qkv_bias="attention_bias", o_bias="attention_bias", mlp_bias="mlp_bias"
+    ),
     FamilyAdapter("mistral", ("mistral",)),
     FamilyAdapter("qwen2", ("qwen2",), qkv_bias=True),
-    FamilyAdapter("qwen3", ("qwen3",), qkv_bias="attention_bias", o_bias="attention_bias",
-                  head_norms=("q_norm", "k_norm")),
+    FamilyAdapter(
+        "qwen3",
+        ("qwen3",),
+        qkv_bias="attention_bias",
+        o_bias="attention_bias",
+        head_norms=("q_norm", "k_norm"),
+    ),
     FamilyAdapter("gemma", ("gemma",), qkv_bias="attention_bias", o_bias="attention_bias"),
     FamilyAdapter("gemma2", ("gemma2",), qkv_bias="attention_bias", o_bias="attention_bias"),
-    FamilyAdapter("gemma3", ("gemma3_text",), qkv_bias="attention_bias", o_bias="attention_bias",
-                  head_norms=("q_norm", "k_norm")),
+    FamilyAdapter(
+        "gemma3",
+        ("gemma3_text",),
+        qkv_bias="attention_bias",
+        o_bias="attention_bias",
+        head_norms=("q_norm", "k_norm"),
+    ),
 )
 
 _BY_MODEL_TYPE = {model_type: adapter for adapter in FAMILIES for model_type in adapter.model_types}

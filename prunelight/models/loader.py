@@ -50,7 +50,9 @@ def resolve(spec: ModelSpec) -> Source:
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix != ".gguf":
-            raise ModelError(f"{path} is a file but not a .gguf checkpoint; give a Hugging Face folder instead")
+            raise ModelError(
+                f"{path} is a file but not a .gguf checkpoint; give a Hugging Face folder instead"
+            )
         return Source(str(local.parent), local.name, True)
     if local.is_dir():
         if spec.gguf_file:
@@ -58,7 +60,8 @@ def resolve(spec: ModelSpec) -> Source:
                 raise ModelError(f"gguf_file {spec.gguf_file!r} not found in {local}")
         elif not (local / "config.json").is_file():
             raise ModelError(
-                f"{local} has no config.json, so it is not a Hugging Face model folder; give a folder written "
+                f"{local} has no config.json, so it is not a Hugging Face model folder; "
+                "give a folder written "
                 "by save_pretrained, a .gguf file, a hub id, or a zoo name "
                 f"({', '.join(sorted(zoo.ZOO))})"
             )

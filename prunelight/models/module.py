@@ -47,7 +47,9 @@ class CausalLMModule(L.LightningModule):
         self.model: PreTrainedModel | None = None
 
     @classmethod
-    def from_model(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> Any:
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str = "model"
+    ) -> Any:
         """Wrap a model already in memory (a pruned one, say) without saving and reloading it."""
         module = cls.__new__(cls)
         L.LightningModule.__init__(module)
