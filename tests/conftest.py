@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub, the data root at ../shared/data, a tiny tokenizer and tiny models per family."""
+"""Shared fixtures: offline hub, data root at ../shared/data, a tiny tokenizer, tiny models per family."""
 
 from __future__ import annotations
 
