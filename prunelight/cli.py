@@ -98,6 +98,20 @@ def main(args: Any = None) -> None:
     """Entry point of ``prunelight`` and ``python train.py``: user errors print one line and exit 2."""
     try:
         cli(args)
-    except PrunelightError as err:
-        print(f"prunelight: error: {err}", file=sys.stderr)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"prunelight: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _user_error(err: BaseException | None) -> PrunelightError | None:
+    """The PrunelightError behind ``err``: jsonargparse wraps errors raised while it builds the classes."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, PrunelightError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -37,15 +37,18 @@ class PrunelightTrainer(L.Trainer):
 
 
 class _removed_on_failure:
-    """Delete ``folder`` if it did not exist before and the block raises."""
+    """Delete what the block created of ``folder`` and its parents, if the block raises."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder, self.existed = folder, folder.exists()
+        folder = folder.absolute()
+        self.created: Path | None = None
+        while not folder.exists():
+            self.created, folder = folder, folder.parent
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind, value, traceback) -> bool:
-        if kind is not None and not self.existed:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if kind is not None and self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
         return False

@@ -1,0 +1,116 @@
+"""The command line: every config loads, overrides work, evaluate runs, bad input is one clear line."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from prunelight.cli import SUBCOMMANDS, main
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _print_config(capsys, *args) -> dict:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_there_are_configs():
+    assert CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(config, capsys):
+    subcommand = config.name.split("_")[0]
+    assert subcommand in SUBCOMMANDS, f"{config.name} must start with its subcommand"
+    assert config.read_text().startswith(f"# python train.py {subcommand} --config configs/{config.name}")
+    printed = _print_config(capsys, subcommand, "--config", str(config))
+    written = yaml.safe_load(config.read_text())
+    for section in ("model", "data"):
+        for key, value in (written.get(section) or {}).items():
+            assert printed[section]["init_args"][key] == value, (section, key)
+
+
+@pytest.mark.parametrize("subcommand", ["evaluate", "validate", "test"])
+def test_overrides_and_print_config_for_each_subcommand(subcommand, capsys):
+    printed = _print_config(capsys, subcommand, "--data.seqlen", "128", "--model.dtype", "bfloat16")
+    assert printed["data"]["init_args"]["seqlen"] == 128
+    assert printed["model"]["init_args"]["dtype"] == "bfloat16"
+    assert printed["model"]["class_path"] == "prunelight.evaluate.PerplexityModule"
+
+
+def test_evaluate_end_to_end(tiny_llama, tmp_path, capsys):
+    args = [
+        "evaluate",
+        "--model.path",
+        str(tiny_llama),
+        "--model.dtype",
+        "float32",
+        "--data.corpora",
+        "[ptb, wikitext2]",
+        "--data.seqlen",
+        "32",
+        "--data.max_windows",
+        "2",
+        "--results_root",
+        str(tmp_path),
+        "--experiment",
+        "cli",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    main(args)
+    run = tmp_path / "tiny-llama0" / "cli"
+    report = json.loads((run / "analysis" / "perplexity.json").read_text())
+    assert set(report["corpora"]) == {"ptb", "wikitext2"}
+    assert (run / "tb" / "config.yaml").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert "ptb" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["--data.corpora", "[wikitext103]"], "unknown corpus 'wikitext103'; known corpora: c4, c4_zh"),
+        (["--data.seqlen", "4096"], "longer than the model's context"),
+        (["--data.corpora", "[{name: wikitext2, split: train}]"], "is not available"),
+        (["--model.path", "./missing/model"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_no_output(override, message, tiny_llama, tmp_path, capsys):
+    args = [
+        "evaluate",
+        "--model.path",
+        str(tiny_llama),
+        "--data.corpora",
+        "[ptb]",
+        "--data.seqlen",
+        "32",
+        "--results_root",
+        str(tmp_path),
+        *override,
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("prunelight: error: ") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_and_train_py_are_the_same_program():
+    script = shutil.which("prunelight", path=str(Path(sys.executable).parent))
+    assert script, "the console script 'prunelight' is not installed"
+    a = subprocess.run([script, "--help"], capture_output=True, text=True, check=True).stdout
+    b = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "evaluate" in a and a.split("\n", 1)[1] == b.split("\n", 1)[1]
