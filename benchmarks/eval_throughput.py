@@ -85,7 +85,8 @@ def main() -> None:
         else f"cpu x{torch.get_num_threads()} threads"
     )
     print(
-        f"\nmodel {args.model} ({args.dtype}), {args.corpus} test, {len(windows)} windows x seqlen {args.seqlen}"
+        f"\nmodel {args.model} ({args.dtype}), {args.corpus} test, {len(windows)} windows"
+        f" x seqlen {args.seqlen}"
         f" = {tokens} tokens, batch {args.batch_size}, {device}, best of {args.rounds} rounds\n"
     )
     print("| path | seconds | tokens/s | perplexity | ratio |")
