@@ -106,18 +106,6 @@ class FamilyAdapter:
         )
         return bool(getattr(config, rule, False)) if isinstance(rule, str) else rule
 
-    @property
-    def lora_targets(self) -> tuple[str, ...]:
-        return (
-            self.q_proj,
-            self.k_proj,
-            self.v_proj,
-            self.o_proj,
-            self.gate_proj,
-            self.up_proj,
-            self.down_proj,
-        )
-
 
 def _get(root: nn.Module, dotted: str) -> Any:
     obj = root
