@@ -130,6 +130,8 @@ class NamedCorpus:
     text_field: str = "text"
     text_rows: Callable[[str], list[str]] | None = None
     """How a local ``.txt``/``.raw`` file splits into rows (None: one document per non-blank line)."""
+    squad_layout: bool = False
+    """Records are SQuAD question/paragraph records, turned into text by ``CorpusSpec.format``."""
 
 
 NAMED: dict[str, NamedCorpus] = {
@@ -201,6 +203,7 @@ NAMED: dict[str, NamedCorpus] = {
             "rajpurkar/squad",
             hub_splits={"train": "train", "validation": "validation", "test": "validation"},
             local={"train": ("train-v1.1.json",), "validation": ("dev-v1.1.json",)},
+            squad_layout=True,
         ),
     )
 }
@@ -237,9 +240,9 @@ def _is_file_name(name: str) -> bool:
 
 
 def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) -> Corpus:
-    if named.name == "squad" and spec.format is None:
+    if named.squad_layout and spec.format is None:
         spec = CorpusSpec(**{**spec.__dict__, "format": "context"})
-    elif named.name != "squad" and spec.format:
+    elif not named.squad_layout and spec.format:
         raise ConfigError(f"format is a SQuAD setting, but corpus {spec.name!r} is not squad")
     hub_split = named.hub_splits.get(split)
     local_split = "validation" if split == "test" and "test" not in named.local else split
@@ -273,7 +276,7 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
 
 
 def _local_texts(named: NamedCorpus, spec: CorpusSpec, path: Path) -> list[str]:
-    if named.name == "squad":
+    if named.squad_layout:
         return _squad_texts(_squad_records_from_json(path), spec.format or "context")
     if suffix_of(path) in (".txt", ".raw"):
         rows = (named.text_rows or _stripped_lines)(read_documents(path)[0])
@@ -288,7 +291,7 @@ def _hub_texts(named: NamedCorpus, spec: CorpusSpec, hub_split: str) -> list[str
     if named.hub_data_files:
         kwargs["data_files"] = {hub_split: named.hub_data_files[hub_split]}
     dataset = datasets.load_dataset(named.hub_path, named.hub_config, **kwargs)
-    if named.name == "squad":
+    if named.squad_layout:
         records = ((r["context"], r["question"], (r["answers"]["text"] or [""])[0]) for r in dataset)
         return _squad_texts(records, spec.format or "context")
     return list(dataset[named.text_field])

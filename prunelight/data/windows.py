@@ -74,15 +74,19 @@ def _stream_for(corpus: Corpus, tokenizer, need_tokens: int, rng: random.Random)
         return tokenize(corpus.running_text(), tokenizer)
     texts = list(corpus.texts)
     rng.shuffle(texts)
-    budget = need_tokens * OVERSAMPLE * CHARS_PER_TOKEN_BOUND
-    taken, chars = 0, 0
-    while taken < len(texts) and chars < budget:
-        chars += len(texts[taken]) + len(corpus.join)
-        taken += 1
-    stream = tokenize(corpus.running_text(texts[:taken]), tokenizer)
-    if stream.numel() < need_tokens * OVERSAMPLE and taken < len(texts):
+    taken = _texts_for(texts, need_tokens * OVERSAMPLE, corpus.join)
+    stream = tokenize(corpus.running_text(taken), tokenizer)
+    if stream.numel() < need_tokens * OVERSAMPLE and len(taken) < len(texts):
         stream = tokenize(corpus.running_text(texts), tokenizer)
     return stream
+
+
+def _texts_for(texts: list[str], tokens: int, join: str) -> list[str]:
+    """The leading texts that surely hold ``tokens`` tokens (by the characters-per-token bound)."""
+    budget, chars, taken = tokens * CHARS_PER_TOKEN_BOUND, 0, 0
+    while taken < len(texts) and chars < budget:
+        chars, taken = chars + len(texts[taken]) + len(join), taken + 1
+    return texts[:taken]
 
 
 def _draw(stream: torch.Tensor, count: int, seqlen: int, rng: random.Random) -> torch.Tensor:
@@ -149,10 +153,7 @@ def evaluation_windows(
     loaded = load_corpus(spec, split, data_root)
     texts = loaded.texts
     if max_windows is not None and not loaded.ordered:  # stop reading documents once there is enough text
-        budget, chars, taken = max_windows * seqlen * CHARS_PER_TOKEN_BOUND, 0, 0
-        while taken < len(texts) and chars < budget:
-            chars, taken = chars + len(texts[taken]), taken + 1
-        texts = texts[:taken]
+        texts = _texts_for(texts, max_windows * seqlen, loaded.join)
     stream = tokenize(loaded.running_text(texts), tokenizer)
     count = stream.numel() // seqlen
     if max_windows is not None:
