@@ -15,6 +15,19 @@ from prunelight.models.loader import load_tokenizer
 from prunelight.models.spec import ModelSpec
 
 
+def datamodule_tokenizer(datamodule: L.LightningDataModule, path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``path``, else the one of the model the datamodule's trainer runs."""
+    if path:
+        return load_tokenizer(ModelSpec(path))
+    trainer = datamodule.trainer
+    module = trainer.lightning_module if trainer is not None else None
+    if module is None or getattr(module, "tokenizer", None) is None:
+        raise ConfigError(
+            "no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer"
+        )
+    return module.tokenizer
+
+
 class PerplexityDataModule(L.LightningDataModule):
     """Non-overlapping evaluation windows over whole splits, one dataloader per corpus.
 
@@ -58,20 +71,10 @@ class PerplexityDataModule(L.LightningDataModule):
     def labels(self) -> list[str]:
         return [s.label for s in self.specs]
 
-    def _tokenizer(self) -> PreTrainedTokenizerBase:
-        if self.tokenizer_path:
-            return load_tokenizer(ModelSpec(self.tokenizer_path))
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or getattr(module, "tokenizer", None) is None:
-            raise ConfigError(
-                "no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer"
-            )
-        return module.tokenizer
-
     def setup(self, stage: str | None = None) -> None:
         if self.windows:
             return
-        tokenizer = self._tokenizer()
+        tokenizer = datamodule_tokenizer(self, self.tokenizer_path)
         for spec in self.specs:
             self.windows[spec.label] = evaluation_windows(
                 spec, tokenizer, self.seqlen, self.split, self.data_root, self.max_windows

@@ -1,0 +1,73 @@
+"""Accumulate importance statistics while the trainer runs calibration windows through the model."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning as L
+
+from prunelight.errors import ConfigError
+from prunelight.importance import Calibrated, ImportanceAccumulator, criterion_info
+
+
+class ImportanceCallback(L.Callback):
+    """Scores every attention group and MLP channel of a :class:`~prunelight.calibration.CalibrationModule`.
+
+    Hooks go on when the test loop starts and come off when it ends; the accumulators are then summed across
+    ranks (so N DDP processes give the scores of one) and turned into :attr:`result`.
+
+    Args:
+        criterion: magnitude, taylor, taylor2, wanda, fluctuation or block_influence.
+        aggregation: for taylor/taylor2, ``batch`` (|W * g| of each batch's gradient, summed over batches)
+            or ``sample`` (one backward per window).
+        magnitude_norm: 1 or 2, for magnitude.
+    """
+
+    def __init__(
+        self,
+        criterion: str = "taylor",
+        aggregation: Literal["batch", "sample"] = "batch",
+        magnitude_norm: Literal[1, 2] = 1,
+    ) -> None:
+        self.info = criterion_info(criterion)
+        if aggregation not in ("batch", "sample"):
+            raise ConfigError(f"aggregation must be 'batch' or 'sample', got {aggregation!r}")
+        if magnitude_norm not in (1, 2):
+            raise ConfigError(f"magnitude_norm must be 1 or 2, got {magnitude_norm!r}")
+        self.criterion, self.aggregation, self.magnitude_norm = criterion, aggregation, magnitude_norm
+        self.accumulator: ImportanceAccumulator | None = None
+        self.result: Calibrated | None = None
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.backward = self.info.needs_gradients
+        pl_module.per_sample = self.aggregation == "sample"
+        pl_module.criterion = self.criterion
+        self.accumulator = ImportanceAccumulator(
+            pl_module.model, pl_module.adapter, self.criterion, self.magnitude_norm
+        )
+        self.accumulator.attach()
+        self.result = None
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        *_: Any,
+    ) -> None:
+        assert self.accumulator is not None
+        self.accumulator.count(outputs["tokens"], outputs["loss"])
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.accumulator is not None
+        self.accumulator.detach()
+        self.accumulator.reduce(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        self.result = self.accumulator.result()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if self.accumulator is not None:
+            self.accumulator.detach()

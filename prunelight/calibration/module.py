@@ -1,0 +1,63 @@
+"""Calibration as a LightningModule: the trainer's test loop runs the windows through the model.
+
+Forward-only criteria need no logits, so only the decoder runs; gradient criteria run forward and backward
+without an optimiser step, and the gradients are consumed by the importance hooks as they arrive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from prunelight.errors import ConfigError
+from prunelight.models.module import CausalLMModule
+
+
+def window_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL of each window, in float32 whatever the model's dtype."""
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none")
+    return nll.view(input_ids.shape[0], -1).mean(dim=1)
+
+
+class CalibrationModule(CausalLMModule):
+    """Runs calibration windows; what it runs is set by the importance callback.
+
+    ``backward`` (gradient criteria) adds a backward pass of the window-weighted loss (the weights make a
+    mixture's accumulated gradient the weighted mean of its sources' gradients); ``per_sample`` runs one
+    backward per window instead of one per batch.
+    """
+
+    backward: bool = False
+    per_sample: bool = False
+    criterion: str = "forward"
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        input_ids, weights = batch["input_ids"], batch["weights"]
+        if not self.backward:
+            self.model.base_model(input_ids=input_ids, use_cache=False)
+            return {"tokens": input_ids.numel(), "loss": None}
+        if torch.is_inference_mode_enabled():
+            raise ConfigError(
+                f"criterion {self.criterion!r} needs gradients, but calibration runs in inference mode; "
+                "run it through PrunelightTrainer.prune/calibrate (they switch inference mode off), or build "
+                "the Trainer with inference_mode=False, or pick a forward criterion (wanda, magnitude, "
+                "fluctuation)"
+            )
+        chunks = [slice(i, i + 1) for i in range(len(input_ids))] if self.per_sample else [slice(None)]
+        total = 0.0
+        with torch.enable_grad():
+            for part in chunks:
+                ids = input_ids[part]
+                logits = self.model(input_ids=ids, use_cache=False).logits
+                loss = (window_losses(logits, ids) * weights[part].to(logits.device)).mean()
+                if not loss.requires_grad:
+                    raise ConfigError(
+                        f"criterion {self.criterion!r} needs gradients, but the model gave a loss without "
+                        "them (no-grad mode, or every weight frozen); do not wrap calibration in "
+                        "torch.no_grad()/inference_mode, or pick a forward criterion"
+                    )
+                loss.backward()
+                total += float(loss.detach()) * len(ids)
+        return {"tokens": input_ids.numel(), "loss": total / len(input_ids)}
