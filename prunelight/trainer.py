@@ -9,6 +9,8 @@ from typing import Any
 import lightning as L
 
 from callbacks.evaluation_report import EvaluationReport
+from callbacks.importance import ImportanceCallback
+from prunelight.importance import Calibrated
 
 
 class PrunelightTrainer(L.Trainer):
@@ -34,6 +36,34 @@ class PrunelightTrainer(L.Trainer):
         with _removed_on_failure(Path(self.default_root_dir)):
             self.test(model, datamodule=datamodule, verbose=False)
         return report.report or {}
+
+
+    def calibrate(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        importance: ImportanceCallback | None = None,
+    ) -> Calibrated:
+        """Run the calibration windows through ``model`` with ``importance`` attached; return its scores.
+
+        The test loop does the work (no optimiser, no DDP gradient sync; each rank sees its shard of the
+        batches); inference mode is switched off for it so that gradient criteria can run backward.
+        """
+        importance = importance or next((c for c in self.callbacks if isinstance(c, ImportanceCallback)), None)
+        if importance is None:
+            importance = ImportanceCallback()
+        added = importance not in self.callbacks
+        if added:
+            self.callbacks.append(importance)
+        inference_mode, self.test_loop.inference_mode = self.test_loop.inference_mode, False
+        try:
+            self.test(model, datamodule=datamodule, verbose=False)
+        finally:
+            self.test_loop.inference_mode = inference_mode
+            if added:
+                self.callbacks.remove(importance)
+        assert importance.result is not None
+        return importance.result
 
 
 class _removed_on_failure:
