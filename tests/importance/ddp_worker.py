@@ -1,0 +1,45 @@
+"""One rank of a 2-process gloo DDP calibration (launched by test_ddp.py with torchrun-style variables).
+
+Usage: python ddp_worker.py <model folder> <criterion> <output file>
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from callbacks.importance import ImportanceCallback
+from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.trainer import PrunelightTrainer
+
+
+def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
+    module = CalibrationModule(path=folder, dtype="float32")
+    data = CalibrationDataModule(
+        [{"name": "wikitext2", "split": "validation"}], nsamples=6, seqlen=32, batch_size=1
+    )
+    trainer = PrunelightTrainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    result = trainer.calibrate(module, data, ImportanceCallback(criterion))
+    return {
+        "attention": result.table.attention,
+        "mlp": result.table.mlp,
+        "block": result.table.block_importance,
+        "tokens": result.tokens,
+        "rank": trainer.global_rank,
+        "world": trainer.world_size,
+    }
+
+
+if __name__ == "__main__":
+    folder, criterion, out = sys.argv[1:4]
+    scores = calibrate(folder, criterion, 2, "ddp")
+    if scores["rank"] == 0:
+        torch.save(scores, out)

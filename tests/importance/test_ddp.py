@@ -1,0 +1,57 @@
+"""DDP with two CPU processes (gloo) gives the scores of one process on the same calibration windows."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp(folder: Path, criterion: str, out: Path) -> dict:
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE="2",
+            NODE_RANK="0",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            PYTHONPATH=str(ROOT),
+            OMP_NUM_THREADS="1",
+        )
+        cmd = [sys.executable, str(ROOT / "tests/importance/ddp_worker.py"), str(folder), criterion, str(out)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "wanda"])
+def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
+    two = _ddp(tiny_llama, criterion, tmp_path / "ddp.pt")
+    one = calibrate(str(tiny_llama), criterion, 1, "auto")
+    assert two["world"] == 2 and one["world"] == 1
+    assert two["tokens"] == one["tokens"] == 6 * 32
+    for kind in ("attention", "mlp"):
+        for a, b in zip(two[kind], one[kind], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(two["block"], one["block"], rtol=1e-12, atol=1e-15)
