@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from prunelight.io import write_json
+from prunelight.measure import peak_memory, reset_peak_memory
 
 
 class EvaluationReport(L.Callback):
@@ -31,8 +31,7 @@ class EvaluationReport(L.Callback):
         self._start = 0.0
 
     def _begin(self, trainer: L.Trainer) -> None:
-        if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        reset_peak_memory(trainer.strategy.root_device)
         self._start = time.perf_counter()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -55,10 +54,7 @@ class EvaluationReport(L.Callback):
         if not results:
             return
         device = trainer.strategy.root_device
-        if device.type == "cuda":
-            peak = {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
-        else:
-            peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        peak = peak_memory(device)
         tokens = sum(r["windows"] * r["seqlen"] for r in results.values())
         spec = getattr(pl_module, "spec", None)
         self.report = {
