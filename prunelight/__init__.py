@@ -2,6 +2,7 @@
 
 from prunelight.errors import ConfigError, DataError, ModelError, PrunelightError, UnsupportedModelError
 from prunelight.models import ModelSpec, load
+from prunelight.save import load_pruned, save_pruned  # importing registers the pruned model classes
 
 __version__ = "0.1.0"
 
@@ -13,4 +14,6 @@ __all__ = [
     "PrunelightError",
     "UnsupportedModelError",
     "load",
+    "load_pruned",
+    "save_pruned",
 ]

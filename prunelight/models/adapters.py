@@ -18,6 +18,10 @@ from prunelight.errors import UnsupportedModelError
 BiasRule = bool | str
 """``True``/``False``, or the name of a boolean config attribute that switches the bias on."""
 
+PRUNED_MODEL_TYPE_PREFIX = "prunelight_"
+"""A pruned model whose layers differ in size is saved as ``prunelight_<stock model_type>`` (see
+:mod:`prunelight.save`); it belongs to the stock family."""
+
 
 @dataclass(frozen=True)
 class AttentionLayout:
@@ -149,6 +153,8 @@ def adapter_for(config_or_model: Any) -> FamilyAdapter:
     """The adapter of a model or config, or an error that lists the families prunelight supports."""
     config = getattr(config_or_model, "config", config_or_model)
     model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str):
+        model_type = model_type.removeprefix(PRUNED_MODEL_TYPE_PREFIX)
     try:
         return _BY_MODEL_TYPE[model_type]
     except KeyError:
