@@ -84,7 +84,7 @@ def apply_plan(
             _prune_attention(layer, adapter, layer_plan.attention_groups, before, dim, means.o)
             _prune_mlp(layer, adapter, layer_plan.mlp_channels, before, means.down)
         _remove_layers(model, adapter, plan.removed_layers)
-        for layer, after in zip(adapter.decoder_layers(model), read_layer_sizes(model)):
+        for layer, after in zip(adapter.decoder_layers(model), read_layer_sizes(model), strict=True):
             sync_module_attributes(layer, adapter, after)
     sync_config(model)
     return model
@@ -106,14 +106,16 @@ def _check(plan: PruningPlan, sizes: list[LayerSizes], dim: int, compensation: d
         raise ConfigError(f"the plan removes all {n} decoder layers; keep at least one")
     for i, means in compensation.items():
         if not 0 <= i < n:
-            raise ConfigError(f"compensation is given for layer {i}, but the model has {n} layers (0..{n - 1})")
+            raise ConfigError(
+                f"compensation is given for layer {i}, but the model has {n} layers (0..{n - 1})"
+            )
         expected = {"o": sizes[i].num_attention_heads * dim, "down": sizes[i].intermediate_size}
         for name, size in expected.items():
             mean = getattr(means, name)
             if mean is not None and tuple(mean.shape) != (size,):
                 raise ConfigError(
-                    f"compensation for layer {i}: the mean of the {name}_proj input must have shape ({size},) "
-                    f"(the layer's {name}_proj in_features), got {tuple(mean.shape)}"
+                    f"compensation for layer {i}: the mean of the {name}_proj input must have shape "
+                    f"({size},) (the layer's {name}_proj in_features), got {tuple(mean.shape)}"
                 )
 
 
@@ -174,7 +176,11 @@ def _prune_attention(
 
 
 def _prune_mlp(
-    layer: nn.Module, adapter: FamilyAdapter, channels: Sequence[int], sizes: LayerSizes, down_mean: Tensor | None
+    layer: nn.Module,
+    adapter: FamilyAdapter,
+    channels: Sequence[int],
+    sizes: LayerSizes,
+    down_mean: Tensor | None,
 ) -> None:
     if not channels:
         return
@@ -202,7 +208,11 @@ def _select_columns(linear: nn.Linear, columns: Tensor, removed: Tensor, mean: T
     new = new_linear(linear, columns.numel(), linear.out_features, linear.bias is not None or compensate)
     new.weight.copy_(linear.weight.index_select(1, columns))
     if new.bias is not None:
-        bias = linear.bias.double() if linear.bias is not None else torch.zeros_like(new.bias, dtype=torch.float64)
+        bias = (
+            linear.bias.double()
+            if linear.bias is not None
+            else torch.zeros_like(new.bias, dtype=torch.float64)
+        )
         if compensate:
             w = linear.weight.index_select(1, removed).double()
             bias = bias + w @ mean.to(device=w.device, dtype=torch.float64).index_select(0, removed)

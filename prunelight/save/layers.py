@@ -33,7 +33,7 @@ pruned sizes or the stock forward reshapes with stale counts."""
 
 @dataclass(frozen=True)
 class LayerSizes:
-    """What distinguishes one pruned decoder layer from another (``head_dim`` and hidden size never change)."""
+    """What tells one pruned decoder layer from another (``head_dim`` and hidden size never change)."""
 
     num_attention_heads: int
     num_key_value_heads: int
@@ -139,7 +139,7 @@ def resize_to_recorded(model: nn.Module) -> None:
             f"{len(layers)}; the config.json was edited by hand or is corrupt"
         )
     config, dim = model.config, head_dim(model)
-    for layer, sizes in zip(layers, recorded):
+    for layer, sizes in zip(layers, recorded, strict=True):
         m = adapter.modules(layer)
         q_out, kv_out = sizes.num_attention_heads * dim, sizes.num_key_value_heads * dim
         inter = sizes.intermediate_size
