@@ -36,7 +36,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "test": Subcommand(*_PERPLEXITY, frozenset({"model", "dataloaders", "datamodule"})),
     "predict": Subcommand(None, None, frozenset({"model", "dataloaders", "datamodule"})),
     "evaluate": Subcommand(*_PERPLEXITY),
-    # prune / finetune / pipeline: a PrunelightTrainer method plus one entry here.
+    "prune": Subcommand(
+        "prunelight.calibration.CalibrationModule", "prunelight.calibration.CalibrationDataModule"
+    ),
+    # finetune / pipeline: a PrunelightTrainer method plus one entry here.
 }
 
 

@@ -11,6 +11,8 @@ import lightning as L
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
 from prunelight.importance import Calibrated
+from prunelight.ranking import RankingConfig
+from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
 
 
 class PrunelightTrainer(L.Trainer):
@@ -37,7 +39,6 @@ class PrunelightTrainer(L.Trainer):
             self.test(model, datamodule=datamodule, verbose=False)
         return report.report or {}
 
-
     def calibrate(
         self,
         model: L.LightningModule,
@@ -49,9 +50,8 @@ class PrunelightTrainer(L.Trainer):
         The test loop does the work (no optimiser, no DDP gradient sync; each rank sees its shard of the
         batches); inference mode is switched off for it so that gradient criteria can run backward.
         """
-        importance = importance or next((c for c in self.callbacks if isinstance(c, ImportanceCallback)), None)
-        if importance is None:
-            importance = ImportanceCallback()
+        attached = [c for c in self.callbacks if isinstance(c, ImportanceCallback)]
+        importance = importance or (attached[0] if attached else ImportanceCallback())
         added = importance not in self.callbacks
         if added:
             self.callbacks.append(importance)
@@ -64,6 +64,41 @@ class PrunelightTrainer(L.Trainer):
                 self.callbacks.remove(importance)
         assert importance.result is not None
         return importance.result
+
+    def prune(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        importance: ImportanceSettings = ImportanceSettings(),  # noqa: B008 (frozen settings, never mutated)
+        ranking: RankingConfig = RankingConfig(),  # noqa: B008
+        compensation: bool = False,
+        evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
+        save_model: bool = True,
+    ) -> dict[str, Any]:
+        """Calibrate, rank, remove, evaluate and save (DESIGN: Data flow), into ``default_root_dir``.
+
+        Args:
+            model: a :class:`~prunelight.calibration.CalibrationModule`.
+            datamodule: a :class:`~prunelight.calibration.CalibrationDataModule`.
+            importance: criterion and its options.
+            ranking: target ratio, corrections (temperature, tau) and constraints.
+            compensation: fold the calibration mean of removed o/down inputs into their bias (FLAP).
+            evaluation: perplexity before and after; None skips it.
+            save_model: write ``pruned_model/`` (safetensors and a config with every layer's sizes).
+        """
+        from prunelight.stages.prune import run_prune
+
+        with _removed_on_failure(Path(self.default_root_dir)):
+            return run_prune(
+                self,
+                model,
+                datamodule,
+                importance,
+                ranking,
+                compensation,
+                evaluation,
+                save_model,
+            )
 
 
 class _removed_on_failure:

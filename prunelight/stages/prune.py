@@ -1,0 +1,134 @@
+"""The ``prune`` stage: calibrate -> rank -> apply -> evaluate -> save, into one results folder.
+
+The folder is complete only when ``summary.md`` exists: it is written last, the pruned model is written
+under a temporary name and renamed, and a failure removes what the run created.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from callbacks.evaluation_report import EvaluationReport
+from callbacks.importance import ImportanceCallback
+from prunelight.apply import LayerInputMeans, apply_plan
+from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.data.datamodule import PerplexityDataModule
+from prunelight.errors import ConfigError
+from prunelight.evaluate import PerplexityModule
+from prunelight.io import write_json
+from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.ranking import RankingConfig, RankingResult, rank
+from prunelight.save import save_pruned
+from prunelight.stages.report import layer_report, summary_markdown
+from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
+
+
+def run_prune(
+    trainer: L.Trainer,
+    module: CalibrationModule,
+    datamodule: CalibrationDataModule,
+    importance: ImportanceSettings,
+    ranking: RankingConfig,
+    compensation: bool,
+    evaluation: EvaluationSettings | None,
+    save_model: bool,
+) -> dict[str, Any]:
+    """Run the whole stage; return what ``summary.md`` reports."""
+    if not isinstance(module, CalibrationModule):
+        raise ConfigError("prune needs a CalibrationModule as model (the default of the prune subcommand)")
+    if not isinstance(datamodule, CalibrationDataModule):
+        raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")
+    run_dir = Path(trainer.default_root_dir)
+    (run_dir / "summary.md").unlink(missing_ok=True)
+
+    callback = ImportanceCallback(importance.criterion, importance.aggregation, importance.magnitude_norm)
+    device = trainer.strategy.root_device
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    calibrated = trainer.calibrate(module, datamodule, callback)
+    calibration = {
+        **datamodule.describe(),
+        "criterion": importance.criterion,
+        "aggregation": importance.aggregation,
+        "seconds": time.perf_counter() - start,
+        "tokens": calibrated.tokens,
+        "mean_loss": calibrated.mean_loss,
+        **peak_memory(device),
+    }
+    model = module.model
+    dense_params = sum(p.numel() for p in model.parameters())
+    dense_ppl = _evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
+
+    start = time.perf_counter()
+    result = rank(calibrated.table, ranking)
+    rank_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
+    apply_plan(model, result.plan, compensation=means if compensation else None)
+    apply_seconds = time.perf_counter() - start
+    pruned_params = sum(p.numel() for p in model.parameters())
+    pruned_ppl = _evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+
+    analysis = run_dir / "analysis"
+    report = {
+        "model": module.spec.path,
+        "parameters": {
+            "dense": dense_params,
+            "pruned": pruned_params,
+            "ratio": 1 - pruned_params / dense_params,
+        },
+        "prunable": {"target": result.target_params, "removed": result.removed_params},
+        "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl},
+        "calibration": calibration,
+        "importance": vars(importance),
+        "ranking": vars(ranking),
+        "compensation": compensation,
+        "evaluation": vars(evaluation) if evaluation else None,
+        "seconds": {"calibration": calibration["seconds"], "ranking": rank_seconds, "apply": apply_seconds},
+    }
+    if trainer.is_global_zero:
+        write_json(analysis / "plan.json", result.to_dict())
+        layers = layer_report(calibrated.table, result)
+        write_json(analysis / "layer_report.json", layers)
+        write_json(analysis / "calibration.json", calibration)
+        if save_model:
+            start = time.perf_counter()
+            save_pruned(model, module.tokenizer, run_dir / "pruned_model")
+            report["seconds"]["save"] = time.perf_counter() - start
+        _log_layers(trainer, result)
+        write_json(analysis / "prune.json", report)
+        (run_dir / "summary.md").write_text(summary_markdown(report, layers))
+    trainer.strategy.barrier()
+    return report
+
+
+def _evaluate(
+    trainer: L.Trainer, module: CalibrationModule, settings: EvaluationSettings, which: str
+) -> dict[str, Any]:
+    evaluator = PerplexityModule.from_model(module.model, module.tokenizer, module.spec.name)
+    data = PerplexityDataModule(
+        settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows
+    )
+    report = EvaluationReport(f"analysis/perplexity_{which}.json")
+    trainer.callbacks.append(report)
+    try:
+        trainer.test(evaluator, datamodule=data, verbose=False)
+    finally:
+        trainer.callbacks.remove(report)
+    return {name: r["perplexity"] for name, r in evaluator.results["test"].items()}
+
+
+def _log_layers(trainer: L.Trainer, result: RankingResult) -> None:
+    """Per-layer pruning rates as TensorBoard scalars, with the layer index as the step."""
+    logger = trainer.logger
+    experiment = getattr(logger, "experiment", None)
+    if experiment is None or not hasattr(experiment, "add_scalar"):
+        return
+    for kind in ("attention", "mlp"):
+        for index, rate in enumerate(result.stages.get(kind, {}).get("allocation", {}).get("rate", [])):
+            experiment.add_scalar(f"prune/rate/{kind}", rate, index)
+    experiment.flush()

@@ -1,0 +1,108 @@
+"""What a prune run writes for people: the per-layer report and ``summary.md``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prunelight.ranking import RankingResult
+from prunelight.ranking.rank import STAGES
+from prunelight.ranking.table import GroupTable
+
+
+def layer_report(table: GroupTable, result: RankingResult) -> dict[str, Any]:
+    """Per layer: parameters before/after, groups and channels removed, score statistics at every stage."""
+    stages, plan = result.stages, result.plan
+    layers = []
+    for index in range(table.num_layers):
+        removed = stages["layers"]["params_removed"][index]
+        entry: dict[str, Any] = {
+            "layer": index,
+            "params_before": table.layer_params[index],
+            "params_after": table.layer_params[index] - removed,
+            "layer_removed": plan.layers[index].remove_layer,
+            "protected": stages["layers"]["protected"][index],
+            "block_importance": stages["layers"]["block_importance"][index],
+            "block_weight": stages["layers"]["block_weight"][index],
+            "depth_factor": stages["layers"]["depth_factor"][index],
+        }
+        for kind in ("attention", "mlp"):
+            if kind not in stages:
+                continue
+            allocation = stages[kind]["allocation"]
+            entry[kind] = {
+                "groups_before": allocation["groups_before"][index],
+                "groups_after": allocation["groups_after"][index],
+                "rate": allocation["rate"][index],
+                "params_removed": allocation["params_removed"][index],
+                "limits": [allocation["min_groups"][index], allocation["max_groups"][index]],
+                "scores": {
+                    stage: {stat: stages[kind][stage][stat][index] for stat in ("mean", "std", "min", "max")}
+                    for stage in STAGES
+                },
+            }
+        layers.append(entry)
+    return {"tau": result.tau, "target_params": result.target_params, "removed_params": result.removed_params,
+            "layers": layers}  # fmt: skip
+
+
+def layer_rate(entry: dict[str, Any]) -> float:
+    """Fraction of a layer's parameters removed."""
+    return 1 - entry["params_after"] / entry["params_before"]
+
+
+def summary_markdown(report: dict[str, Any], layers: dict[str, Any]) -> str:
+    """Dense vs pruned parameters and perplexity, the settings, and the ten most and least pruned layers."""
+    params, ppl = report["parameters"], report["perplexity"]
+    lines = [
+        f"# Pruning {report['model']}",
+        "",
+        "| | parameters | " + " | ".join(f"ppl {c}" for c in (ppl["pruned"] or {})) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in (ppl["pruned"] or {})) + " |",
+    ]
+    for which in ("dense", "pruned"):
+        values = ppl.get(which) or {}
+        cells = " | ".join(f"{values[c]:.4f}" if c in values else "-" for c in (ppl["pruned"] or {}))
+        lines.append(f"| {which} | {params[which]:,} | {cells} |")
+    evaluation = report.get("evaluation") or {}
+    lines += [
+        "",
+        f"Removed {params['ratio']:.2%} of all parameters ({report['prunable']['removed']:,} of a target of "
+        f"{report['prunable']['target']:,} prunable parameters). Perplexity: split "
+        f"{evaluation.get('split', '-')}, seqlen {evaluation.get('seqlen', '-')}, "
+        f"max_windows {evaluation.get('max_windows', '-')}.",
+        "",
+        "## Settings",
+        "",
+        f"- importance: `{report['importance']}`",
+        f"- ranking: `{report['ranking']}`",
+        f"- tau used: `{layers['tau']}`",
+        f"- compensation: {report['compensation']}",
+        f"- calibration: {report['calibration']['nsamples']} x {report['calibration']['seqlen']} tokens from "
+        f"{report['calibration']['corpora']} ({report['calibration']['split']}), "
+        f"{report['calibration']['seconds']:.1f} s",
+        "",
+    ]
+    ordered = sorted(layers["layers"], key=layer_rate)
+    for title, chosen in (("most", ordered[::-1][:10]), ("least", ordered[:10])):
+        lines += [
+            f"## The ten {title} pruned layers",
+            "",
+            "| layer | params removed | attention groups | MLP channels | block importance |",
+            "| ---: | ---: | --- | --- | ---: |",
+        ]
+        for e in chosen:
+            attn, mlp = e.get("attention"), e.get("mlp")
+            lines.append(
+                f"| {e['layer']} | {layer_rate(e):.1%}"
+                + (" (layer removed)" if e["layer_removed"] else "")
+                + f" | {_kind(attn)} | {_kind(mlp)} | {e['block_importance']:.4g} |"
+            )
+        lines.append("")
+    lines += ["Per-layer scores at every ranking stage: `analysis/layer_report.json`.", ""]
+    return "\n".join(lines)
+
+
+def _kind(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    return f"{entry['groups_before']} -> {entry['groups_after']} ({entry['rate']:.0%})"

@@ -1,0 +1,97 @@
+"""The prune subcommand end to end on a tiny model: the results folder, reloading, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prunelight
+from prunelight.cli import main
+
+WIKI_VALID = "[{name: wikitext2, split: validation}]"
+
+
+def _args(folder, tmp_path, *extra: str) -> list[str]:
+    return [
+        "prune",
+        "--model.path", str(folder),
+        "--model.dtype", "float32",
+        "--data.corpora", WIKI_VALID,
+        "--data.nsamples", "4",
+        "--data.seqlen", "32",
+        "--data.batch_size", "2",
+        "--evaluation.corpora", WIKI_VALID,
+        "--evaluation.split", "validation",
+        "--evaluation.seqlen", "64",
+        "--evaluation.max_windows", "2",
+        "--results_root", str(tmp_path / "results"),
+        "--experiment", "run",
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--importance.criterion", "taylor", "--ranking.ratio", "0.3", "--ranking.tau", "null"],
+        [
+            "--importance.criterion",
+            "fluctuation",
+            "--compensation",
+            "true",
+            "--ranking.normalization",
+            "zscore",
+        ],
+    ],
+    ids=["taylor", "flap"],
+)
+def test_prune_writes_a_complete_folder_that_reloads(tiny_llama, tmp_path, options):
+    main(_args(tiny_llama, tmp_path, *options))
+    run = tmp_path / "results" / tiny_llama.name / "run"
+    written = ["summary.md", "pruned_model/config.json"] + [
+        f"analysis/{name}.json"
+        for name in ("plan", "layer_report", "prune", "calibration", "perplexity_dense", "perplexity_pruned")
+    ]
+    for name in written:
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    report = json.loads((run / "analysis/prune.json").read_text())
+    layers = json.loads((run / "analysis/layer_report.json").read_text())["layers"]
+    assert report["parameters"]["pruned"] < report["parameters"]["dense"]
+    assert sum(e["params_before"] - e["params_after"] for e in layers) == report["prunable"]["removed"]
+    assert set(layers[0]["mlp"]["scores"]) == {"raw", "normalized", "block", "layer", "depth"}
+
+    model = prunelight.load_pruned(run / "pruned_model")
+    assert sum(p.numel() for p in model.parameters()) == report["parameters"]["pruned"]
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        cached = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False)
+        uncached = model.generate(ids[:, :8], max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.isfinite(full).all()
+    assert torch.equal(cached, uncached)
+    ppl = report["perplexity"]
+    assert ppl["dense"]["wikitext2"] > 0 and ppl["pruned"]["wikitext2"] > 0
+    assert "| dense |" in (run / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--ranking.ratio", "1.5"], "ratio"),
+        (["--ranking.ratio", "0.5", "--ranking.max_rate", "0.1"], "max_rate"),
+        (["--data.nsamples", "100000", "--data.seqlen", "256"], "nsamples x seqlen"),
+    ],
+    ids=["ratio", "unreachable", "short-corpus"],
+)
+def test_bad_input_is_one_line_and_no_folder(tiny_llama, tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(_args(tiny_llama, tmp_path, *options))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "prunelight: error:" in err and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results").exists()
