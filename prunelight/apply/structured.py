@@ -90,7 +90,9 @@ def apply_plan(
     return model
 
 
-def _check(plan: PruningPlan, sizes: list[LayerSizes], dim: int, compensation: dict[int, LayerInputMeans]):
+def _check(
+    plan: PruningPlan, sizes: list[LayerSizes], dim: int, compensation: dict[int, LayerInputMeans]
+) -> None:
     n = len(sizes)
     seen: set[int] = set()
     for layer_plan in plan.layers:

@@ -126,11 +126,22 @@ def _fits_stock(config: Any, sizes: list[LayerSizes], stock_config: type) -> boo
         for s in sizes
     ):
         return False
+    first = sizes[0]
+    reduced = {
+        "num_attention_heads": first.num_attention_heads,
+        "num_key_value_heads": first.num_key_value_heads,
+        "intermediate_size": first.intermediate_size,
+    }
+    # A config that already fails the stock validators for unrelated reasons (some hub configs do) must not
+    # turn per-layer for that: only a failure the reduced sizes cause counts.
+    return _stock_validates(config, stock_config, reduced) or not _stock_validates(config, stock_config, {})
+
+
+def _stock_validates(config: Any, stock_config: type, changes: dict[str, int]) -> bool:
     candidate = copy.copy(config)
     candidate.__class__ = stock_config
-    candidate.num_attention_heads = sizes[0].num_attention_heads
-    candidate.num_key_value_heads = sizes[0].num_key_value_heads
-    candidate.intermediate_size = sizes[0].intermediate_size
+    for name, value in changes.items():
+        setattr(candidate, name, value)
     validate = getattr(candidate, "validate", None)
     if validate is None:
         return True
