@@ -81,7 +81,9 @@ def load_pruned(
     if isinstance(dtype, str) and dtype != "auto":
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
-            raise ConfigError(f"dtype {dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'auto'")
+            raise ConfigError(
+                f"dtype {dtype!r} is not a torch dtype; use e.g. 'float32', 'bfloat16' or 'auto'"
+            )
         dtype = resolved
     if dtype is not None:
         kwargs["dtype"] = dtype
