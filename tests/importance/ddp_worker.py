@@ -32,6 +32,7 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
         "attention": result.table.attention,
         "mlp": result.table.mlp,
         "block": result.table.block_importance,
+        "table": result.table,
         "tokens": result.tokens,
         "rank": trainer.global_rank,
         "world": trainer.world_size,

@@ -12,6 +12,8 @@ import pytest
 import torch
 from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
 
+from prunelight.ranking import RankingConfig, rank
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,15 +26,15 @@ def _free_port() -> int:
 def _ddp(folder: Path, criterion: str, out: Path) -> dict:
     port = str(_free_port())
     procs = []
-    for rank in range(2):
+    for index in range(2):
         env = dict(
             os.environ,
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port,
             WORLD_SIZE="2",
             NODE_RANK="0",
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
+            RANK=str(index),
+            LOCAL_RANK=str(index),
             PYTHONPATH=str(ROOT),
             OMP_NUM_THREADS="1",
         )
@@ -42,7 +44,7 @@ def _ddp(folder: Path, criterion: str, out: Path) -> dict:
         )
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
-    return torch.load(out)
+    return torch.load(out, weights_only=False)
 
 
 @pytest.mark.parametrize("criterion", ["taylor", "wanda"])
@@ -55,3 +57,7 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
         for a, b in zip(two[kind], one[kind], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(two["block"], one["block"], rtol=1e-12, atol=1e-15)
+    config = RankingConfig(ratio=0.4, temperature=1.0, tau=None)
+    plan = rank(two["table"], config).plan
+    assert not plan.is_empty()
+    assert plan == rank(one["table"], config).plan
