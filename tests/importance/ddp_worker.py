@@ -33,6 +33,7 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
         "mlp": result.table.mlp,
         "block": result.table.block_importance,
         "table": result.table,
+        "means": result.input_means,
         "tokens": result.tokens,
         "rank": trainer.global_rank,
         "world": trainer.world_size,

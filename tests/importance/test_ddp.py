@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
 
@@ -47,8 +46,9 @@ def _ddp(folder: Path, criterion: str, out: Path) -> dict:
     return torch.load(out, weights_only=False)
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "wanda"])
-def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
+def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path):
+    """Taylor covers both paths: gradient hooks (scores) and forward sums (block influence, input means)."""
+    criterion = "taylor"
     two = _ddp(tiny_llama, criterion, tmp_path / "ddp.pt")
     one = calibrate(str(tiny_llama), criterion, 1, "auto")
     assert two["world"] == 2 and one["world"] == 1
@@ -57,6 +57,9 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
         for a, b in zip(two[kind], one[kind], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(two["block"], one["block"], rtol=1e-12, atol=1e-15)
+    for layer, means in one["means"].items():
+        for name in ("o", "down"):
+            torch.testing.assert_close(two["means"][layer][name], means[name], rtol=1e-12, atol=1e-15)
     config = RankingConfig(ratio=0.4, temperature=1.0, tau=None)
     plan = rank(two["table"], config).plan
     assert not plan.is_empty()
