@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from callbacks.importance import ImportanceCallback
+from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.module import window_losses
 from prunelight.data.windows import WindowSet, calibration_windows
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models import adapter_for, load
+from prunelight.ranking import RankingConfig, rank
 from prunelight.trainer import PrunelightTrainer
 
 SHAPES = {
@@ -93,7 +96,7 @@ def bare_loop(model, windows: WindowSet, batch_size: int, backward: bool) -> flo
     return time.perf_counter() - start
 
 
-def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion: str) -> float:
+def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion: str) -> tuple[float, Any]:
     module = CalibrationModule.from_model(model, tokenizer, "bench")
     data = CalibrationDataModule(nsamples=len(windows), seqlen=windows.seqlen, batch_size=args.batch_size)
     data.windows = windows
@@ -107,9 +110,11 @@ def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion
     device = torch.device(args.device)
     _sync(device)
     start = time.perf_counter()
-    trainer.calibrate(module, data, ImportanceCallback(criterion))
+    result = trainer.calibrate(module, data, ImportanceCallback(criterion))
     _sync(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    model.to(device)  # Lightning's teardown moved it to the CPU (that move is inside the time above)
+    return seconds, result
 
 
 def _sync(device: torch.device) -> None:
@@ -150,11 +155,19 @@ def main() -> None:
             best_bare = min(best_bare, bare_loop(model, windows, args.batch_size, backward))
             peak_bare = peak_memory(device)
             reset_peak_memory(device)
-            best_ours = min(best_ours, prunelight_calibration(model, tokenizer, windows, args, criterion))
+            seconds, calibrated = prunelight_calibration(model, tokenizer, windows, args, criterion)
+            best_ours = min(best_ours, seconds)
             peak_ours = peak_memory(device)
         flops = (6 if backward else 2) * params * tokens
         rows.append((criterion, best_bare, best_ours, tokens, flops, peak_bare, peak_ours))
 
+    start = time.perf_counter()
+    plan = rank(calibrated.table, RankingConfig(ratio=0.2, temperature=1.0, tau=None)).plan
+    rank_seconds = time.perf_counter() - start
+    model.cpu()
+    start = time.perf_counter()
+    apply_plan(model, plan)
+    apply_seconds = time.perf_counter() - start
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     name = args.shape or args.model
     print(
@@ -169,6 +182,9 @@ def main() -> None:
             f"| {criterion} | {bare:.2f} | {ours:.2f} | {ours / bare:.3f} | {tok / ours:,.0f} | "
             f"{flops / ours / 1e12:.2f} | {pb[key]:.0f} / {po[key]:.0f} ({key}) |"
         )
+    print(
+        f"\nranking (20% global, T=1, adaptive tau) {rank_seconds:.2f} s; apply on CPU {apply_seconds:.2f} s"
+    )
 
 
 if __name__ == "__main__":
