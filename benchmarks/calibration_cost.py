@@ -113,7 +113,6 @@ def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion
     result = trainer.calibrate(module, data, ImportanceCallback(criterion))
     _sync(device)
     seconds = time.perf_counter() - start
-    model.to(device)  # Lightning's teardown moved it to the CPU (that move is inside the time above)
     return seconds, result
 
 

@@ -26,7 +26,7 @@ from prunelight.importance.criteria import (
     fluctuation_elements,
     group_sum,
     magnitude_elements,
-    taylor_elements,
+    taylor_group_scores,
     wanda_elements,
 )
 from prunelight.models.adapters import FamilyAdapter, LayerModules
@@ -68,7 +68,8 @@ def _feature_sumsq(x: torch.Tensor) -> torch.Tensor:
 
 
 def _feature_sum(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, x.shape[-1]).sum(dim=0, dtype=torch.float64)
+    """Per-feature sum of one batch in float32 (one batch's tokens), accumulated across batches in float64."""
+    return x.reshape(-1, x.shape[-1]).sum(dim=0, dtype=torch.float32).double()
 
 
 class ImportanceAccumulator:
@@ -191,7 +192,7 @@ class ImportanceAccumulator:
 
         def hook(param: torch.Tensor) -> None:
             with torch.no_grad():
-                target.add_(group_sum(taylor_elements(param, param.grad, second), projection, groups))
+                target.add_(taylor_group_scores(param, param.grad, projection, groups, second))
             param.grad = None
 
         return hook

@@ -25,6 +25,7 @@ from prunelight.ranking import RankingConfig, RankingResult, rank
 from prunelight.save import save_pruned
 from prunelight.stages.report import layer_report, summary_markdown
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
+from prunelight.trainer import kept_on_device
 
 
 def run_prune(
@@ -116,7 +117,8 @@ def _evaluate(
     report = EvaluationReport(f"analysis/perplexity_{which}.json")
     trainer.callbacks.append(report)
     try:
-        trainer.test(evaluator, datamodule=data, verbose=False)
+        with kept_on_device(evaluator):
+            trainer.test(evaluator, datamodule=data, verbose=False)
     finally:
         trainer.callbacks.remove(report)
     return {name: r["perplexity"] for name, r in evaluator.results["test"].items()}
