@@ -29,13 +29,13 @@ from prunelight.trainer import PrunelightTrainer
 
 SETTINGS: dict[str, dict] = {
     "uniform": dict(allocation="uniform"),
-    "global raw (T=0, tau=0)": dict(allocation="global"),
+    "global raw (T=0 tau=0)": dict(allocation="global"),
     "global tau=1": dict(allocation="global", tau=1.0),
     "global tau=adaptive": dict(allocation="global", tau=None),
     "global T=1 tau=adaptive": dict(allocation="global", temperature=1.0, tau=None),
     "global T=2 tau=0.5": dict(allocation="global", temperature=2.0, tau=0.5),
 }
-CRITERIA = ("taylor", "wanda", "fluctuation", "magnitude")
+CRITERIA = ("wanda", "fluctuation", "taylor", "magnitude")
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ratios", default="0.2,0.5")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default=";".join(SETTINGS), help="names of SETTINGS, ;-separated")
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--calib-seqlen", type=int, default=128)
     parser.add_argument("--calib-split", default="validation")
@@ -98,7 +98,7 @@ def main() -> None:
         calib_seconds = time.perf_counter() - start
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         for ratio in (float(r) for r in args.ratios.split(",")):
-            for setting in args.settings.split(","):
+            for setting in args.settings.split(";"):
                 try:
                     result = rank(calibrated.table, RankingConfig(ratio=ratio, **SETTINGS[setting]))
                 except ConfigError as err:
