@@ -1,0 +1,45 @@
+"""The whole structured path on the real SmolLM2-135M: scores, plan, removal equals masking, reload."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import prunelight
+from callbacks.importance import ImportanceCallback
+from prunelight.apply import apply_plan
+from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.ranking import RankingConfig, rank
+from prunelight.trainer import PrunelightTrainer
+
+
+@pytest.mark.slow
+def test_smollm2_pruned_equals_masked_dense_and_reloads(smollm2, tmp_path):
+    module = CalibrationModule(path=str(smollm2), dtype="float32")
+    data = CalibrationDataModule([{"name": "wikitext2", "split": "validation"}], nsamples=4, seqlen=64)
+    trainer = PrunelightTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    calibrated = trainer.calibrate(module, data, ImportanceCallback("wanda"))
+    plan = rank(calibrated.table, RankingConfig(ratio=0.2, temperature=1.0, tau=None, max_rate=0.8)).plan
+    dense = module.model
+    masked = copy.deepcopy(dense)
+    for layer_plan, layer in zip(plan.layers, masked.model.layers, strict=True):
+        attn, mlp = layer.self_attn, layer.mlp
+        width = attn.o_proj.in_features // masked.config.num_key_value_heads
+        with torch.no_grad():
+            for g in layer_plan.attention_groups:
+                attn.o_proj.weight[:, g * width : (g + 1) * width] = 0
+            mlp.down_proj.weight[:, layer_plan.mlp_channels] = 0
+    pruned = apply_plan(copy.deepcopy(dense), plan)
+    ids = data.windows.input_ids[:2]
+    with torch.no_grad():
+        expected = masked(input_ids=ids).logits
+        got = pruned(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in dense.parameters())
+
+    prunelight.save_pruned(pruned, module.tokenizer, tmp_path / "pruned")
+    reloaded = prunelight.load_pruned(tmp_path / "pruned")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, got, atol=0, rtol=0)
