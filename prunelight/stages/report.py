@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prunelight.ranking import RankingResult
@@ -73,9 +74,9 @@ def summary_markdown(report: dict[str, Any], layers: dict[str, Any]) -> str:
         "",
         "## Settings",
         "",
-        f"- importance: `{report['importance']}`",
-        f"- ranking: `{report['ranking']}`",
-        f"- tau used: `{layers['tau']}`",
+        f"- importance: `{json.dumps(report['importance'])}`",
+        f"- ranking: `{json.dumps(report['ranking'])}`",
+        f"- tau used: `{json.dumps(layers['tau'])}`",
         f"- compensation: {report['compensation']}",
         f"- calibration: {report['calibration']['nsamples']} x {report['calibration']['seqlen']} tokens from "
         f"{report['calibration']['corpora']} ({report['calibration']['split']}), "
