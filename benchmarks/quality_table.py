@@ -23,6 +23,7 @@ from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.data.windows import evaluation_windows
 from prunelight.errors import ConfigError
+from prunelight.evaluate.perplexity import Perplexity
 from prunelight.models import load
 from prunelight.ranking import RankingConfig, rank
 from prunelight.trainer import PrunelightTrainer
@@ -40,15 +41,12 @@ CRITERIA = ("wanda", "fluctuation", "taylor", "magnitude")
 
 @torch.no_grad()
 def perplexity(model, ids: torch.Tensor, batch_size: int = 8) -> float:
-    nll, count = 0.0, 0
+    """prunelight's Perplexity metric over the windows (a plain loop: no trainer per setting)."""
+    metric = Perplexity()
     for i in range(0, len(ids), batch_size):
         batch = ids[i : i + batch_size]
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        nll += float(
-            torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-        )
-        count += batch[:, 1:].numel()
-    return float(torch.exp(torch.tensor(nll / count)))
+        metric.update(model(input_ids=batch, use_cache=False).logits, batch)
+    return float(metric.compute())
 
 
 def main() -> None:

@@ -34,10 +34,14 @@ class PrunelightTrainer(L.Trainer):
         created is removed again, so a failed run leaves no half-written results behind.
         """
         report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
-        if report is None:
-            report = EvaluationReport()
-            self.callbacks.append(report)
-        with _removed_on_failure(Path(self.default_root_dir)), kept_on_device(model):
+        with _removed_on_failure(Path(self.default_root_dir)):
+            return self.measure_perplexity(model, datamodule, report or EvaluationReport())
+
+    def measure_perplexity(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule | None, report: EvaluationReport
+    ) -> dict[str, Any]:
+        """``test`` a perplexity module with ``report`` attached for this run; return what it wrote."""
+        with self._attached(report), kept_on_device(model):
             self.test(model, datamodule=datamodule, verbose=False)
         return report.report or {}
 
@@ -54,19 +58,26 @@ class PrunelightTrainer(L.Trainer):
         """
         attached = [c for c in self.callbacks if isinstance(c, ImportanceCallback)]
         importance = importance or (attached[0] if attached else ImportanceCallback())
-        added = importance not in self.callbacks
-        if added:
-            self.callbacks.append(importance)
         inference_mode, self.test_loop.inference_mode = self.test_loop.inference_mode, False
         try:
-            with kept_on_device(model):
+            with self._attached(importance), kept_on_device(model):
                 self.test(model, datamodule=datamodule, verbose=False)
         finally:
             self.test_loop.inference_mode = inference_mode
-            if added:
-                self.callbacks.remove(importance)
         assert importance.result is not None
         return importance.result
+
+    @contextmanager
+    def _attached(self, callback: L.Callback) -> Iterator[None]:
+        """``callback`` among the trainer's callbacks for the block only (unless it was there already)."""
+        added = callback not in self.callbacks
+        if added:
+            self.callbacks.append(callback)
+        try:
+            yield
+        finally:
+            if added:
+                self.callbacks.remove(callback)
 
     def prune(
         self,

@@ -72,6 +72,12 @@ def _feature_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).sum(dim=0, dtype=torch.float32).double()
 
 
+def _add_moments(x: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor) -> None:
+    """Per-feature sum and sum of squares (mean and variance of an o/down input)."""
+    total.add_(_feature_sum(x))
+    total_sq.add_(_feature_sumsq(x))
+
+
 class ImportanceAccumulator:
     """Hooks a causal LM's decoder layers and accumulates what ``criterion`` needs.
 
@@ -92,9 +98,11 @@ class ImportanceAccumulator:
         self.head_dim = adapter.layout(model.config).head_dim
         self.layers: list[LayerModules] = [adapter.modules(layer) for layer in adapter.decoder_layers(model)]
         self.stats = [self._zeros(m) for m in self.layers]
-        self.tokens = torch.zeros((), dtype=torch.float64)
-        self.loss_sum = torch.zeros((), dtype=torch.float64)
-        self.batches = torch.zeros((), dtype=torch.float64)
+        # on the model's device like every other accumulator: NCCL reduces only CUDA tensors
+        device = self.layers[0].q.weight.device
+        self.tokens = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.batches = torch.zeros((), dtype=torch.float64, device=device)
         self._handles: list[RemovableHandle] = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
 
@@ -133,17 +141,8 @@ class ImportanceAccumulator:
             s = self.stats[index]
             self._pre_hook(m.q, lambda x, s=s: s.attn_input_sumsq.add_(_feature_sumsq(x)))
             self._pre_hook(m.gate, lambda x, s=s: s.mlp_input_sumsq.add_(_feature_sumsq(x)))
-            self._pre_hook(
-                m.o,
-                lambda x, s=s: (s.o_input_sum.add_(_feature_sum(x)), s.o_input_sumsq.add_(_feature_sumsq(x))),
-            )
-            self._pre_hook(
-                m.down,
-                lambda x, s=s: (
-                    s.down_input_sum.add_(_feature_sum(x)),
-                    s.down_input_sumsq.add_(_feature_sumsq(x)),
-                ),
-            )
+            self._pre_hook(m.o, lambda x, s=s: _add_moments(x, s.o_input_sum, s.o_input_sumsq))
+            self._pre_hook(m.down, lambda x, s=s: _add_moments(x, s.down_input_sum, s.down_input_sumsq))
             self._handles.append(layer.register_forward_hook(self._influence_hook(s), with_kwargs=True))
         if self.info.needs_gradients:
             for p in self.model.parameters():

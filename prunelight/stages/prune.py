@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 
@@ -25,11 +25,13 @@ from prunelight.ranking import RankingConfig, RankingResult, rank
 from prunelight.save import save_pruned
 from prunelight.stages.report import layer_report, summary_markdown
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
-from prunelight.trainer import kept_on_device
+
+if TYPE_CHECKING:  # the trainer imports this module lazily, in PrunelightTrainer.prune
+    from prunelight.trainer import PrunelightTrainer
 
 
 def run_prune(
-    trainer: L.Trainer,
+    trainer: PrunelightTrainer,
     module: CalibrationModule,
     datamodule: CalibrationDataModule,
     importance: ImportanceSettings,
@@ -108,19 +110,13 @@ def run_prune(
 
 
 def _evaluate(
-    trainer: L.Trainer, module: CalibrationModule, settings: EvaluationSettings, which: str
+    trainer: PrunelightTrainer, module: CalibrationModule, settings: EvaluationSettings, which: str
 ) -> dict[str, Any]:
     evaluator = PerplexityModule.from_model(module.model, module.tokenizer, module.spec.name)
     data = PerplexityDataModule(
         settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows
     )
-    report = EvaluationReport(f"analysis/perplexity_{which}.json")
-    trainer.callbacks.append(report)
-    try:
-        with kept_on_device(evaluator):
-            trainer.test(evaluator, datamodule=data, verbose=False)
-    finally:
-        trainer.callbacks.remove(report)
+    trainer.measure_perplexity(evaluator, data, EvaluationReport(f"analysis/perplexity_{which}.json"))
     return {name: r["perplexity"] for name, r in evaluator.results["test"].items()}
 
 
