@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning as L
+import torch
 
 from prunelight.errors import ConfigError
 from prunelight.importance import Calibrated, ImportanceAccumulator, criterion_info
@@ -21,6 +22,7 @@ class ImportanceCallback(L.Callback):
         aggregation: for taylor/taylor2, ``batch`` (|W * g| of each batch's gradient, summed over batches)
             or ``sample`` (one backward per window).
         magnitude_norm: 1 or 2, for magnitude.
+        gradient_statistics: with a gradient criterion, keep per-layer gradient statistics for the diagnosis.
     """
 
     def __init__(
@@ -28,6 +30,7 @@ class ImportanceCallback(L.Callback):
         criterion: str = "taylor",
         aggregation: Literal["batch", "sample"] = "batch",
         magnitude_norm: Literal[1, 2] = 1,
+        gradient_statistics: bool = True,
     ) -> None:
         self.info = criterion_info(criterion)
         if aggregation not in ("batch", "sample"):
@@ -35,6 +38,7 @@ class ImportanceCallback(L.Callback):
         if magnitude_norm not in (1, 2):
             raise ConfigError(f"magnitude_norm must be 1 or 2, got {magnitude_norm!r}")
         self.criterion, self.aggregation, self.magnitude_norm = criterion, aggregation, magnitude_norm
+        self.gradient_statistics = gradient_statistics
         self.accumulator: ImportanceAccumulator | None = None
         self.result: Calibrated | None = None
 
@@ -43,7 +47,7 @@ class ImportanceCallback(L.Callback):
         pl_module.per_sample = self.aggregation == "sample"
         pl_module.criterion = self.criterion
         self.accumulator = ImportanceAccumulator(
-            pl_module.model, pl_module.adapter, self.criterion, self.magnitude_norm
+            pl_module.model, pl_module.adapter, self.criterion, self.magnitude_norm, self.gradient_statistics
         )
         self.accumulator.attach()
         self.result = None
@@ -63,7 +67,8 @@ class ImportanceCallback(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.accumulator is not None
         self.accumulator.detach()
-        self.accumulator.reduce(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+        strategy = trainer.strategy
+        self.accumulator.reduce(lambda t: strategy.reduce(t, reduce_op="sum"), lambda t: _max(strategy, t))
         self.result = self.accumulator.result()
 
     def on_exception(
@@ -71,3 +76,9 @@ class ImportanceCallback(L.Callback):
     ) -> None:
         if self.accumulator is not None:
             self.accumulator.detach()
+
+
+def _max(strategy: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum across ranks (Lightning's ``reduce`` only sums and averages)."""
+    gathered = strategy.all_gather(tensor)
+    return gathered.amax(dim=0) if gathered.dim() > tensor.dim() else gathered

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from prunelight.diagnostics.gradients import GradientStatistics
 from prunelight.importance.criteria import (
     ATTENTION_PROJECTIONS,
     COLUMN_PROJECTIONS,
@@ -60,6 +61,9 @@ class Calibrated:
     """Per layer, the calibration mean of the o and down inputs (FLAP bias compensation)."""
     tokens: int
     mean_loss: float | None
+    gradients: list[dict] | None = None
+    """Per layer and kind, gradient statistics (:meth:`GradientStatistics.summary`); None for forward
+    criteria or when collection was off."""
 
 
 def _feature_sumsq(x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +90,17 @@ class ImportanceAccumulator:
         adapter: its family adapter (the only source of module names).
         criterion: one of :data:`~prunelight.importance.criteria.CRITERIA`.
         magnitude_norm: 1 (sum of |W|) or 2 (L2 norm) for ``magnitude``.
+        gradient_statistics: with a gradient criterion, also keep per-layer gradient statistics (DESIGN:
+            Diagnostics); three extra reductions per weight gradient.
     """
 
     def __init__(
-        self, model: nn.Module, adapter: FamilyAdapter, criterion: str = "taylor", magnitude_norm: int = 1
+        self,
+        model: nn.Module,
+        adapter: FamilyAdapter,
+        criterion: str = "taylor",
+        magnitude_norm: int = 1,
+        gradient_statistics: bool = True,
     ) -> None:
         self.info = criterion_info(criterion)
         self.criterion = criterion
@@ -103,6 +114,12 @@ class ImportanceAccumulator:
         self.tokens = torch.zeros((), dtype=torch.float64, device=device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.batches = torch.zeros((), dtype=torch.float64, device=device)
+        self.gradients: GradientStatistics | None = None
+        if gradient_statistics and self.info.needs_gradients:
+            self.gradients = GradientStatistics(
+                [m.q.weight.device for m in self.layers],
+                {"attention": len(ATTENTION_PROJECTIONS), "mlp": len(MLP_PROJECTIONS)},
+            )
         self._handles: list[RemovableHandle] = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
 
@@ -185,13 +202,17 @@ class ImportanceAccumulator:
 
     def _grad_hook(self, index: int, projection: str) -> Callable[[torch.Tensor], None]:
         m, s = self.layers[index], self.stats[index]
-        target = s.gradient_attention if projection in ATTENTION_PROJECTIONS else s.gradient_mlp
+        kind = "attention" if projection in ATTENTION_PROJECTIONS else "mlp"
+        target = s.gradient_attention if kind == "attention" else s.gradient_mlp
         second = self.criterion == "taylor2"
         groups = self._groups(m, projection)
+        gradients = self.gradients
 
         def hook(param: torch.Tensor) -> None:
             with torch.no_grad():
                 target.add_(taylor_group_scores(param, param.grad, projection, groups, second))
+                if gradients is not None:
+                    gradients.observe(index, kind, param.grad)
             param.grad = None
 
         return hook
@@ -204,8 +225,16 @@ class ImportanceAccumulator:
             self.loss_sum += loss
 
     # ------------------------------------------------------------------ results
-    def reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Sum every accumulator across ranks (``reduce_sum`` is the strategy's all-reduce)."""
+    def reduce(
+        self,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+        reduce_max: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """Combine every accumulator across ranks (the strategy's all-reduce: sum, and max for extremes)."""
+        if self.gradients is not None:
+            if reduce_max is None:
+                raise ValueError("gradient statistics need reduce_max to combine their minima and maxima")
+            self.gradients.reduce(reduce_sum, reduce_max)
         for s in self.stats:
             for name, tensor in s.tensors().items():
                 setattr(s, name, reduce_sum(tensor.clone()))
@@ -265,7 +294,8 @@ class ImportanceAccumulator:
         )
         batches = float(self.batches)
         mean_loss = float(self.loss_sum) / batches if self.info.needs_gradients and batches else None
-        return Calibrated(table, means, int(n), mean_loss)
+        gradients = self.gradients.summary() if self.gradients is not None else None
+        return Calibrated(table, means, int(n), mean_loss, gradients)
 
     def _forward_score(
         self,

@@ -48,7 +48,9 @@ def run_prune(
     run_dir = Path(trainer.default_root_dir)
     (run_dir / "summary.md").unlink(missing_ok=True)
 
-    callback = ImportanceCallback(importance.criterion, importance.aggregation, importance.magnitude_norm)
+    callback = ImportanceCallback(
+        importance.criterion, importance.aggregation, importance.magnitude_norm, importance.gradient_statistics
+    )
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()

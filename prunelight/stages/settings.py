@@ -18,11 +18,14 @@ class ImportanceSettings:
         aggregation: taylor/taylor2 only: ``batch`` sums |W * g| of each batch's gradient, ``sample`` runs one
             backward per window.
         magnitude_norm: 1 (sum of |W|) or 2 (L2 norm) for magnitude.
+        gradient_statistics: with taylor/taylor2, keep per-layer gradient mean/std/norm/min/max for
+            ``analysis/gradient_statistics.json`` and the diagnosis (cost: benchmarks/diagnostics_overhead.py).
     """
 
     criterion: Criterion = "taylor"
     aggregation: Literal["batch", "sample"] = "batch"
     magnitude_norm: Literal[1, 2] = 1
+    gradient_statistics: bool = True
 
 
 @dataclass

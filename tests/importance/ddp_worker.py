@@ -35,6 +35,7 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
         "table": result.table,
         "means": result.input_means,
         "tokens": result.tokens,
+        "gradients": result.gradients,
         "rank": trainer.global_rank,
         "world": trainer.world_size,
     }

@@ -60,6 +60,14 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path):
     for layer, means in one["means"].items():
         for name in ("o", "down"):
             torch.testing.assert_close(two["means"][layer][name], means[name], rtol=1e-12, atol=1e-15)
+    # gradient statistics: sums add up, minima and maxima are the extremes over both ranks
+    for two_layer, one_layer in zip(two["gradients"], one["gradients"], strict=True):
+        for kind in ("attention", "mlp"):
+            a, b = two_layer[kind], one_layer[kind]
+            assert a["elements"] == b["elements"] and a["passes"] == b["passes"]
+            assert (a["min"], a["max"]) == (b["min"], b["max"])
+            for stat in ("mean", "std", "norm"):
+                torch.testing.assert_close(a[stat], b[stat], rtol=1e-9, atol=1e-18)
     config = RankingConfig(ratio=0.4, temperature=1.0, tau=None)
     plan = rank(two["table"], config).plan
     assert not plan.is_empty()
