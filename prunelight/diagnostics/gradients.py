@@ -51,8 +51,9 @@ class GradientStatistics:
         moments[_ELEMENTS] += grad.numel()
         moments[_SUM : _SUMSQ + 1] += row
         moments[_PASSES] += 1.0 / self.projections[kind]
-        torch.minimum(self.minimum[layer][k : k + 1], low.double().view(1), out=self.minimum[layer][k : k + 1])
-        torch.maximum(self.maximum[layer][k : k + 1], high.double().view(1), out=self.maximum[layer][k : k + 1])
+        low_slot, high_slot = self.minimum[layer][k : k + 1], self.maximum[layer][k : k + 1]
+        torch.minimum(low_slot, low.double().view(1), out=low_slot)
+        torch.maximum(high_slot, high.double().view(1), out=high_slot)
 
     def reduce(
         self,

@@ -49,7 +49,10 @@ def run_prune(
     (run_dir / "summary.md").unlink(missing_ok=True)
 
     callback = ImportanceCallback(
-        importance.criterion, importance.aggregation, importance.magnitude_norm, importance.gradient_statistics
+        importance.criterion,
+        importance.aggregation,
+        importance.magnitude_norm,
+        importance.gradient_statistics,
     )
     device = trainer.strategy.root_device
     reset_peak_memory(device)

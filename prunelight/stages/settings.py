@@ -19,7 +19,8 @@ class ImportanceSettings:
             backward per window.
         magnitude_norm: 1 (sum of |W|) or 2 (L2 norm) for magnitude.
         gradient_statistics: with taylor/taylor2, keep per-layer gradient mean/std/norm/min/max for
-            ``analysis/gradient_statistics.json`` and the diagnosis (cost: benchmarks/diagnostics_overhead.py).
+            ``analysis/gradient_statistics.json`` and the diagnosis (its cost:
+            benchmarks/diagnostics_overhead.py).
     """
 
     criterion: Criterion = "taylor"

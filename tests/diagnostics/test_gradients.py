@@ -30,7 +30,10 @@ def test_gradient_statistics_equal_a_hand_computation(tiny_llama, aggregation):
     result, module, data = _calibrate(tiny_llama, "taylor", aggregation)
     model, ids = module.model, data.windows.input_ids
     step = 1 if aggregation == "sample" else 2
-    names = {"attention": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+    names = {
+        "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+        "mlp": ("gate_proj", "up_proj", "down_proj"),
+    }
     for layer in range(model.config.num_hidden_layers):
         block = model.model.layers[layer]
         parents = {"attention": block.self_attn, "mlp": block.mlp}
