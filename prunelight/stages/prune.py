@@ -17,6 +17,7 @@ from callbacks.importance import ImportanceCallback
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.data.datamodule import PerplexityDataModule
+from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
 from prunelight.io import write_json
@@ -103,6 +104,10 @@ def run_prune(
         layers = layer_report(calibrated.table, result)
         write_json(analysis / "layer_report.json", layers)
         write_json(analysis / "calibration.json", calibration)
+        statistics = gradient_statistics(
+            importance.criterion, calibrated.table, result, calibrated.gradients, calibrated.mean_loss
+        )
+        write_json(analysis / "gradient_statistics.json", statistics)
         if save_model:
             start = time.perf_counter()
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
