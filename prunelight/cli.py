@@ -67,6 +67,12 @@ class PrunelightCLI(LightningCLI):
             help="Results go to <results_root>/<model>/<experiment>/ (default: the subcommand).",
         )
         parser.add_argument("--results_root", type=str, default="results", help="Root of all result folders.")
+        parser.add_argument(
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="Write the results exactly here instead of <results_root>/<model>/<experiment>/.",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         config = self._get(self.config, "trainer")
@@ -78,6 +84,8 @@ class PrunelightCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def run_dir(self) -> Path:
+        if self._get(self.config, "run_dir"):
+            return Path(self._get(self.config, "run_dir"))
         experiment = self._get(self.config, "experiment") or self.subcommand or "run"
         name = getattr(self.model, "run_name", type(self.model).__name__)
         return Path(self._get(self.config, "results_root")) / name / experiment
@@ -98,9 +106,20 @@ def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
 
 
 def main(args: Any = None) -> None:
-    """Entry point of ``prunelight`` and ``python train.py``: user errors print one line and exit 2."""
+    """Entry point of ``prunelight`` and ``python train.py``: user errors print one line and exit 2.
+
+    ``report``, ``compare`` and ``experiment`` work on finished runs and grids of runs, not on a model and
+    a trainer, so they are plain jsonargparse commands (:mod:`prunelight.tools`) dispatched before
+    LightningCLI; every other subcommand is LightningCLI's.
+    """
+    from prunelight.tools import TOOLS, run_tool
+
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        cli(args)
+        if argv and argv[0] in TOOLS:
+            run_tool(argv[0], argv[1:])
+        else:
+            cli(argv)
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:
