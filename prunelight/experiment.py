@@ -30,7 +30,9 @@ class Experiment:
     Attributes:
         name: the experiment's name; results go to ``<results_root>/experiments/<name>/`` unless ``output``.
         base_config: the YAML every cell starts from (a ``prune`` config), relative to the working directory.
-        grid: config key -> the values it takes; the cells are the Cartesian product, in this order.
+        grid: config key -> the values it takes; the cells are the Cartesian product, in this order. Keys
+            that must change together are joined by commas, with one list per value:
+            ``data.nsamples,data.seqlen: [[64, 128], [32, 256]]``.
         overrides: config key -> value, the same for every cell (e.g. a shorter evaluation).
         subcommand: the stage every cell runs.
         results_root: where ``experiments/<name>/`` goes when ``output`` is not given.
@@ -51,7 +53,9 @@ class Experiment:
         if not Path(self.base_config).is_file():
             raise ConfigError(f"experiment {self.name!r}: base_config {self.base_config} does not exist")
         if not self.grid or any(not isinstance(v, list) or not v for v in self.grid.values()):
-            raise ConfigError(f"experiment {self.name!r}: grid must map each key to a non-empty list of values")
+            raise ConfigError(
+                f"experiment {self.name!r}: grid must map each key to a non-empty list of values"
+            )
 
     @property
     def folder(self) -> Path:
@@ -65,7 +69,8 @@ class Experiment:
 def label(value: Any) -> str:
     """A short readable name for a grid value: ``[{name: c4, split: train}]`` -> ``c4``."""
     if isinstance(value, list | tuple):
-        return "+".join(label(v) for v in value)
+        joined = all(not isinstance(v, dict | list | tuple) for v in value)
+        return ("," if joined else "+").join(label(v) for v in value)
     if isinstance(value, dict):
         name = str(value.get("name", ""))
         fmt = value.get("format")
@@ -75,14 +80,33 @@ def label(value: Any) -> str:
 
 def cell_name(cell: dict[str, Any]) -> str:
     """A folder name for a cell: ``corpora=c4__ratio=0.2`` (last part of each key, unsafe characters out)."""
-    parts = [f"{key.rsplit('.', 1)[-1]}={label(value)}" for key, value in cell.items()]
+    parts = [
+        ",".join(k.rsplit(".", 1)[-1] for k in key.split(",")) + f"={label(value)}"
+        for key, value in cell.items()
+    ]
     return re.sub(r"[^A-Za-z0-9=._+:-]", "_", "__".join(parts)).replace(":", "-")
+
+
+def expand(cell: dict[str, Any]) -> dict[str, Any]:
+    """Split joined keys (``a,b: [x, y]``) into one setting each."""
+    settings: dict[str, Any] = {}
+    for key, value in cell.items():
+        keys = key.split(",")
+        if len(keys) == 1:
+            settings[key] = value
+        elif not isinstance(value, list) or len(value) != len(keys):
+            raise ConfigError(
+                f"grid key {key!r} joins {len(keys)} settings; each value must list {len(keys)}"
+            )
+        else:
+            settings.update(zip(keys, value, strict=True))
+    return settings
 
 
 def cell_args(experiment: Experiment, cell: dict[str, Any], folder: Path, first: bool) -> list[str]:
     """The command line of one cell, exactly what a user would type."""
     args = [experiment.subcommand, "--config", experiment.base_config]
-    settings = {**experiment.overrides, **cell}
+    settings = {**experiment.overrides, **expand(cell)}
     if experiment.dense_once and not first:
         settings["evaluation.dense"] = False
     for key, value in settings.items():  # strings as typed (a quoted "wanda" is no Literal), the rest as JSON
@@ -112,7 +136,9 @@ def run_experiment(experiment: Experiment) -> dict[str, Any]:
             failures.append(f"{name}: {err}")
             print(f"[{index + 1}/{len(cells)}] {name}: failed: {err}", flush=True)
         else:
-            print(f"[{index + 1}/{len(cells)}] {name}: done in {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"[{index + 1}/{len(cells)}] {name}: done in {time.perf_counter() - start:.0f} s", flush=True
+            )
         gc.collect()
         table = write_table(experiment)
     table = write_table(experiment)
@@ -181,11 +207,15 @@ def markdown(table: dict[str, Any]) -> str:
             else:
                 cells.append(f"{ppl[c]:.4g}")
         removed = f"{row['parameters_removed']:.1%}" if "parameters_removed" in row else row["status"]
-        lines.append("| " + " | ".join(row["settings"].values()) + f" | {removed} | " + " | ".join(cells) + " |")
+        lines.append(
+            "| " + " | ".join(row["settings"].values()) + f" | {removed} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def heatmap_values(table: dict[str, Any]) -> tuple[list[str], list[str], list[list[float | None]], str] | None:
+def heatmap_values(
+    table: dict[str, Any],
+) -> tuple[list[str], list[str], list[list[float | None]], str] | None:
     """One grid axis: rows = its values, columns = evaluation corpora. Two axes: rows x columns = the axes'
     values, on the first evaluation corpus. More axes: no heatmap."""
     keys, corpora, rows = list(table["grid"]), table["evaluation_corpora"], table["rows"]
@@ -198,7 +228,12 @@ def heatmap_values(table: dict[str, Any]) -> tuple[list[str], list[str], list[li
         first, second = table["grid"][keys[0]], table["grid"][keys[1]]
         found = {(r["settings"][keys[0]], r["settings"][keys[1]]): r.get("perplexity", {}) for r in rows}
         values = [[found.get((a, b), {}).get(corpora[0]) for b in second] for a in first]
-        return first, second, values, f"pruned perplexity on {corpora[0]}: {keys[0]} (rows) x {keys[1]} (columns)"
+        return (
+            first,
+            second,
+            values,
+            f"pruned perplexity on {corpora[0]}: {keys[0]} (rows) x {keys[1]} (columns)",
+        )
     return None
 
 

@@ -29,7 +29,9 @@ def _compare_parser() -> ArgumentParser:
         description="Put finished prune runs side by side: compare.md (a table) and compare_rates.png.",
     )
     parser.add_argument("runs", nargs="+", type=str, help="Run folders (each holding analysis/).")
-    parser.add_argument("--output", type=str, default="comparison", help="Folder for compare.md and the plot.")
+    parser.add_argument(
+        "--output", type=str, default="comparison", help="Folder for compare.md and the plot."
+    )
     return parser
 
 
@@ -40,7 +42,9 @@ def _experiment_parser() -> ArgumentParser:
         prog="prunelight experiment",
         description="Run a resumable grid of prune runs and write one table (and a heatmap).",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="An experiment YAML (configs/study_*.yaml).")
+    parser.add_argument(
+        "--config", action=ActionConfigFile, help="An experiment YAML (configs/study_*.yaml)."
+    )
     parser.add_class_arguments(Experiment, None, as_positional=False)
     return parser
 

@@ -12,6 +12,7 @@ import lightning as L
 
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
+from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.importance import Calibrated
 from prunelight.ranking import RankingConfig
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
@@ -88,6 +89,7 @@ class PrunelightTrainer(L.Trainer):
         compensation: bool = False,
         evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
         save_model: bool = True,
+        diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
     ) -> dict[str, Any]:
         """Calibrate, rank, remove, evaluate and save (DESIGN: Data flow), into ``default_root_dir``.
 
@@ -99,6 +101,7 @@ class PrunelightTrainer(L.Trainer):
             compensation: fold the calibration mean of removed o/down inputs into their bias (FLAP).
             evaluation: perplexity before and after; None skips it.
             save_model: write ``pruned_model/`` (safetensors and a config with every layer's sizes).
+            diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
         """
         from prunelight.stages.prune import run_prune
 
@@ -112,6 +115,7 @@ class PrunelightTrainer(L.Trainer):
                 compensation,
                 evaluation,
                 save_model,
+                diagnosis,
             )
 
 

@@ -12,7 +12,7 @@ from conftest import ROOT
 
 from prunelight.cli import SUBCOMMANDS, main
 
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("study_"))
 
 
 def _print_config(capsys, *args) -> dict:

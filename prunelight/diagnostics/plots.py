@@ -19,11 +19,11 @@ from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
 from prunelight.diagnostics.gradients import KINDS
 from prunelight.diagnostics.statistics import series
@@ -36,12 +36,16 @@ SIZES: dict[str, tuple[int, int]] = {
     "heatmap": (1000, 700),
 }
 COLORS = {"attention": "tab:blue", "mlp": "tab:orange"}
-STAGES = {"raw": "raw", "normalized": "normalized", "block": "block (after T)", "layer": "layer (after tau)"}
-_OUTSIDE = {
-    "loc": "upper left",
-    "bbox_to_anchor": (1.01, 1.0),
-    "fontsize": "small",
-}  # legends never hide data
+# stage -> label, line style: a later stage is drawn thinner on top, so identical stages still all show
+STAGES = {
+    "raw": ("raw", "-o", 3.0),
+    "normalized": ("normalized", "--s", 2.2),
+    "block": ("block (after T)", "-.^", 1.6),
+    "layer": ("layer (after tau)", ":D", 1.2),
+}
+_LABEL_BOX = {"facecolor": "white", "edgecolor": "none", "pad": 1.0}  # keeps a label readable over hatching
+# legends sit right of the axes, where they can never hide data
+_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"}
 
 
 def _figure(name: str, rows: int = 1) -> tuple[Figure, list[Axes]]:
@@ -98,8 +102,24 @@ def _scale(ax: Axes, values: Iterable[float], symlog: bool = False) -> None:
     if min(values) > 0 and not symlog:
         ax.set_yscale("log")
     else:
-        nonzero = [abs(v) for v in values if v != 0]
-        ax.set_yscale("symlog", linthresh=max(min(nonzero, default=1.0), 1e-12))
+        smallest = max(min((abs(v) for v in values if v != 0), default=1.0), 1e-12)
+        # a whole decade, so the decade ticks never fall inside the linear band and crowd the 0 label
+        ax.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(smallest)))
+        ax.yaxis.get_major_locator().set_params(numticks=7)  # one label per decade would overlap near zero
+
+
+class _PlainLogFormatter(LogFormatterSciNotation):
+    """Matplotlib's choice of which log ticks to label, written plainly (0.9, 400, not 9x10^-1, 4x10^2)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:.4g}" if super().__call__(x, pos) else ""
+
+
+def _plain_labels(axis: Axis) -> None:
+    """Relative scores and perplexities sit within a few decades of 1, where plain numbers read faster."""
+    if axis.get_scale() == "log":
+        axis.set_major_formatter(_PlainLogFormatter())
+        axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
 def _no_data(ax: Axes, text: str) -> None:
@@ -112,7 +132,8 @@ def _layer_axis(ax: Axes, title: str, ylabel: str) -> None:
     """Shared decoration for the per-layer panels: integer layer ticks, a grid and an outside legend."""
     ax.set_title(title)
     ax.set_ylabel(ylabel)
-    ax.set_xlabel("layer")
+    if ax.get_subplotspec().is_last_row():  # panels above share the x axis and hide its labels
+        ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -203,13 +224,12 @@ def pruning_rates(layer_report: dict[str, Any], path: str | os.PathLike) -> Path
     for key, (text, color, hatch) in marks.items():
         flagged = [entry["layer"] for entry in entries if entry.get(key)]
         for layer in flagged:
+            label = f"{text} layer" if layer == flagged[0] else None  # one legend entry per mark
             ax.axvspan(
-                layer - 0.45, layer + 0.45, facecolor="none", edgecolor=color, hatch=hatch, linewidth=0
+                layer - 0.45, layer + 0.45, facecolor="none", edgecolor=color, hatch=hatch, label=label
             )
-            ax.text(layer, 1.06, text, ha="center", va="center", fontsize="small", color=color)
-        if flagged:
-            ax.add_patch(
-                Patch(facecolor="none", edgecolor=color, hatch=hatch, label=f"{text} layer", visible=False)
+            ax.text(
+                layer, 1.06, text, ha="center", va="center", fontsize="small", color=color, bbox=_LABEL_BOX
             )
     ax.set_ylim(0, 1.12)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
@@ -226,7 +246,7 @@ def ranking_stages(layer_report: dict[str, Any], path: str | os.PathLike) -> Pat
     for ax, kind in zip(axes, kinds, strict=False):  # no kinds: one empty panel
         present = [entry for entry in entries if kind in entry]
         values: list[float] = []
-        for stage, name in STAGES.items():
+        for stage, (name, style, width) in STAGES.items():
             means = [e[kind].get("scores", {}).get(stage, {}).get("mean") for e in present]
             xs, ys = _points([e["layer"] for e in present], means)
             average = sum(ys) / len(ys) if ys else 0.0
@@ -235,11 +255,15 @@ def ranking_stages(layer_report: dict[str, Any], path: str | os.PathLike) -> Pat
             relative = [v / average for v in ys]
             positive = [v for v in relative if v > 0]
             span = f", spans {max(positive) / min(positive):.3g}x" if positive else ""
-            ax.plot(xs, relative, "-o", markersize=4, label=f"{name}{span}")
+            ax.plot(xs, relative, style, linewidth=width, markersize=2 + width, label=f"{name}{span}")
             values += relative
         if not values:
             _no_data(ax, f"no finite {kind} scores")
         _scale(ax, values)
+        if ax.get_yscale() == "log":  # at least 0.5..2, so a nearly flat stage also looks flat
+            low, high = ax.get_ylim()
+            ax.set_ylim(min(low, 0.5), max(high, 2.0))
+        _plain_labels(ax.yaxis)
         ax.axhline(1.0, color="0.6", linewidth=0.8)
         kind_tau = _finite(tau.get(kind) if isinstance(tau, dict) else tau)
         suffix = "" if kind_tau is None else f" (tau = {kind_tau:.3g})"
@@ -279,6 +303,10 @@ def heatmap(
     if len(values) != len(rows) or any(len(row) != len(columns) for row in values):
         raise ValueError(f"heatmap values must be {len(rows)} rows x {len(columns)} columns")
     fig, (ax,) = _figure("heatmap")
+    ax.set_title(title)
+    if not rows or not columns:
+        _no_data(ax, "no results")
+        return _save(fig, path)
     grid = [[_finite(v) for v in row] for row in values]
     finite = [v for row in grid for v in row if v is not None]
     # perplexities span orders of magnitude between a good and a broken setting: log colours keep both visible
@@ -287,29 +315,21 @@ def heatmap(
     else:
         norm = Normalize(min(finite, default=0.0), max(finite, default=1.0))
     cmap = colormaps["viridis"].with_extremes(bad="0.85")
-    image = ax.imshow([[math.nan if v is None else v for v in row] for row in grid], cmap=cmap, norm=norm)
+    cells = [[math.nan if v is None else v for v in row] for row in grid]
+    image = ax.imshow(cells, cmap=cmap, norm=norm, aspect="auto")  # fill the fixed canvas whatever the shape
     size = max(6.0, min(11.0, 90.0 / max(len(rows), len(columns), 1)))
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            if value is None:
-                ax.text(j, i, "-", ha="center", va="center", color="0.45", fontsize=size)
-                continue
-            red, green, blue, _ = cmap(norm(value))
-            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on light cells
-            ax.text(
-                j,
-                i,
-                f"{value:.4g}",
-                ha="center",
-                va="center",
-                fontsize=size,
-                color="black" if light else "white",
-            )
+            text, color = "-", "0.45"
+            if value is not None:
+                red, green, blue, _ = cmap(norm(value))
+                light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5  # dark text on light cells
+                text, color = f"{value:.4g}", "black" if light else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, color=color)
     crowded = len(columns) > 6
     ax.set_xticks(
         range(len(columns)), columns, rotation=30 if crowded else 0, ha="right" if crowded else "center"
     )
     ax.set_yticks(range(len(rows)), rows)
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label=value_label)
+    _plain_labels(fig.colorbar(image, ax=ax, label=value_label).ax.yaxis)
     return _save(fig, path)

@@ -10,21 +10,21 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
-
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.data.datamodule import PerplexityDataModule
+from prunelight.diagnostics.diagnosis import DiagnosisSettings
+from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
-from prunelight.ranking import RankingConfig, RankingResult, rank
+from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
-from prunelight.stages.report import layer_report, summary_markdown
+from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
 
 if TYPE_CHECKING:  # the trainer imports this module lazily, in PrunelightTrainer.prune
@@ -40,6 +40,7 @@ def run_prune(
     compensation: bool,
     evaluation: EvaluationSettings | None,
     save_model: bool,
+    diagnosis: DiagnosisSettings,
 ) -> dict[str, Any]:
     """Run the whole stage; return what ``summary.md`` reports."""
     if not isinstance(module, CalibrationModule):
@@ -97,12 +98,12 @@ def run_prune(
         "ranking": vars(ranking),
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
+        "diagnosis": vars(diagnosis),
         "seconds": {"calibration": calibration["seconds"], "ranking": rank_seconds, "apply": apply_seconds},
     }
     if trainer.is_global_zero:
         write_json(analysis / "plan.json", result.to_dict())
-        layers = layer_report(calibrated.table, result)
-        write_json(analysis / "layer_report.json", layers)
+        write_json(analysis / "layer_report.json", layer_report(calibrated.table, result))
         write_json(analysis / "calibration.json", calibration)
         statistics = gradient_statistics(
             importance.criterion, calibrated.table, result, calibrated.gradients, calibrated.mean_loss
@@ -112,9 +113,8 @@ def run_prune(
             start = time.perf_counter()
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
             report["seconds"]["save"] = time.perf_counter() - start
-        _log_layers(trainer, result)
         write_json(analysis / "prune.json", report)
-        (run_dir / "summary.md").write_text(summary_markdown(report, layers))
+        write_diagnostics(run_dir)  # diagnosis, plots, TensorBoard, and summary.md last
     trainer.strategy.barrier()
     return report
 
@@ -128,15 +128,3 @@ def _evaluate(
     )
     trainer.measure_perplexity(evaluator, data, EvaluationReport(f"analysis/perplexity_{which}.json"))
     return {name: r["perplexity"] for name, r in evaluator.results["test"].items()}
-
-
-def _log_layers(trainer: L.Trainer, result: RankingResult) -> None:
-    """Per-layer pruning rates as TensorBoard scalars, with the layer index as the step."""
-    logger = trainer.logger
-    experiment = getattr(logger, "experiment", None)
-    if experiment is None or not hasattr(experiment, "add_scalar"):
-        return
-    for kind in ("attention", "mlp"):
-        for index, rate in enumerate(result.stages.get(kind, {}).get("allocation", {}).get("rate", [])):
-            experiment.add_scalar(f"prune/rate/{kind}", rate, index)
-    experiment.flush()

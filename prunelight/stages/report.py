@@ -51,8 +51,10 @@ def layer_rate(entry: dict[str, Any]) -> float:
     return 1 - entry["params_after"] / entry["params_before"]
 
 
-def summary_markdown(report: dict[str, Any], layers: dict[str, Any]) -> str:
-    """Dense vs pruned parameters and perplexity, the settings, and the ten most and least pruned layers."""
+def summary_markdown(
+    report: dict[str, Any], layers: dict[str, Any], diagnosis: dict[str, Any] | None = None
+) -> str:
+    """Dense vs pruned parameters and perplexity, the diagnosis, the settings, the most and least pruned."""
     params, ppl = report["parameters"], report["perplexity"]
     lines = [
         f"# Pruning {report['model']}",
@@ -72,6 +74,7 @@ def summary_markdown(report: dict[str, Any], layers: dict[str, Any]) -> str:
         f"{evaluation.get('split', '-')}, seqlen {evaluation.get('seqlen', '-')}, "
         f"max_windows {evaluation.get('max_windows', '-')}.",
         "",
+        *_diagnosis_lines(diagnosis),
         "## Settings",
         "",
         f"- importance: `{json.dumps(report['importance'])}`",
@@ -99,7 +102,13 @@ def summary_markdown(report: dict[str, Any], layers: dict[str, Any]) -> str:
                 + f" | {_kind(attn)} | {_kind(mlp)} | {e['block_importance']:.4g} |"
             )
         lines.append("")
-    lines += ["Per-layer scores at every ranking stage: `analysis/layer_report.json`.", ""]
+    lines += [
+        "Per-layer scores at every ranking stage: `analysis/layer_report.json`; gradients and scores per "
+        "layer: `analysis/gradient_statistics.json`. Plots: `visualization/gradient_analysis.png`, "
+        "`visualization/pruning_rates.png`, `visualization/ranking_stages.png`. TensorBoard: "
+        "`tensorboard --logdir tb`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -107,3 +116,14 @@ def _kind(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return "-"
     return f"{entry['groups_before']} -> {entry['groups_after']} ({entry['rate']:.0%})"
+
+
+def _diagnosis_lines(diagnosis: dict[str, Any] | None) -> list[str]:
+    if diagnosis is None:
+        return []
+    lines = ["## Diagnosis", "", f"{diagnosis['summary']} (`analysis/gradient_diagnosis.json`).", ""]
+    for issue in diagnosis["issues"]:
+        lines.append(
+            f"- **{issue['severity']}** {issue['id']}: {issue['message']}. Fix: {issue['recommendation']}."
+        )
+    return [*lines, ""] if diagnosis["issues"] else lines

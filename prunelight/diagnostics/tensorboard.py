@@ -1,0 +1,101 @@
+"""The per-layer curves, score histograms and hyperparameters of a run, as TensorBoard events.
+
+Layers are the step axis, so TensorBoard's scalar view draws each statistic along the depth of the model,
+and the histogram view stacks the score distributions layer after layer. Everything is written from the
+run's JSON into ``tb/diagnostics/`` with the old events removed first, so ``prunelight report`` replaces
+them instead of adding a second copy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from prunelight.diagnostics.gradients import KINDS, STATISTICS
+
+FOLDER = Path("tb") / "diagnostics"
+STAGES = ("raw", "normalized", "block", "layer")
+
+
+def _scalar(writer: SummaryWriter, tag: str, value: float | None, step: int) -> None:
+    if value is not None and math.isfinite(value):
+        writer.add_scalar(tag, value, step)
+
+
+def _hparam_value(value: Any) -> int | float | str | bool:
+    if isinstance(value, bool | int | float | str):
+        return value
+    return "null" if value is None else str(value)
+
+
+def hyperparameters(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Settings as flat ``section/key`` hparams; final perplexities and the removed fraction as metrics."""
+    params: dict[str, Any] = {}
+    for section in ("importance", "ranking"):
+        for key, value in (report.get(section) or {}).items():
+            params[f"{section}/{key}"] = _hparam_value(value)
+    calibration = report.get("calibration") or {}
+    for key in ("corpora", "nsamples", "seqlen", "split"):
+        if key in calibration:
+            params[f"calibration/{key}"] = _hparam_value(calibration[key])
+    params["compensation"] = bool(report.get("compensation"))
+    metrics = {"parameters/removed_fraction": float(report["parameters"]["ratio"])}
+    for which, values in (report.get("perplexity") or {}).items():
+        for corpus, value in (values or {}).items():
+            metrics[f"perplexity/{which}/{corpus}"] = float(value)
+    return params, metrics
+
+
+def write_tensorboard(
+    run_dir: Path, statistics: dict[str, Any], layer_report: dict[str, Any], report: dict[str, Any]
+) -> Path:
+    """Write the events; return their folder."""
+    folder = run_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for entry in statistics["layers"]:
+            step = entry["layer"]
+            for kind in KINDS:
+                part = entry[kind]
+                _scalar(writer, f"rate/{kind}", part["rate"], step)
+                for source in ("gradient", "importance"):
+                    for stat in STATISTICS:
+                        _scalar(writer, f"{source}/{kind}/{stat}", (part[source] or {}).get(stat), step)
+                imp = part["importance"]
+                if all(math.isfinite(imp[s]) for s in ("min", "max", "mean", "norm")):
+                    writer.add_histogram_raw(
+                        f"importance/{kind}/scores",
+                        min=imp["min"],
+                        max=imp["max"],
+                        num=imp["groups"],
+                        sum=imp["mean"] * imp["groups"],
+                        sum_squares=imp["norm"] ** 2,
+                        bucket_limits=imp["histogram"]["edges"][1:],
+                        bucket_counts=imp["histogram"]["counts"],
+                        global_step=step,
+                    )
+        for entry in layer_report["layers"]:
+            step = entry["layer"]
+            _scalar(writer, "layer/params_removed", 1 - entry["params_after"] / entry["params_before"], step)
+            for kind in KINDS:
+                if kind in entry:
+                    for stage in STAGES:
+                        _scalar(
+                            writer, f"ranking/{kind}/{stage}_mean", entry[kind]["scores"][stage]["mean"], step
+                        )
+        params, metrics = hyperparameters(report)
+        experiment, start, end = hparams(params, metrics)
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            _scalar(writer, tag, value, 0)
+    finally:
+        writer.close()
+    return folder
