@@ -21,6 +21,7 @@ check (speed only: the weights are random anyway).
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import tempfile
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed off/on pairs (order alternates)")
     parser.add_argument("--report", action="store_true", help="also time write_diagnostics")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one trainer per run: no banners
 
     model, tokenizer = build_model(args)
     windows = windows_for(args, model, tokenizer)
