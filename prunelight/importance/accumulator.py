@@ -221,6 +221,8 @@ class ImportanceAccumulator:
         """Record one batch: its token count (for means and variances) and its calibration loss."""
         self.tokens += tokens
         self.batches += 1
+        if self.gradients is not None:
+            self.gradients.flush()
         if loss is not None:
             self.loss_sum += loss
 
