@@ -12,6 +12,7 @@ ratio to the bare loop, tokens/s and peak memory against the weights' own size.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from typing import Any
 
@@ -96,7 +97,10 @@ def bare_loop(model, windows: WindowSet, batch_size: int, backward: bool) -> flo
     return time.perf_counter() - start
 
 
-def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion: str) -> tuple[float, Any]:
+def prunelight_calibration(
+    model, tokenizer, windows: WindowSet, args, criterion: str, callback: ImportanceCallback | None = None
+) -> tuple[float, Any]:
+    """Seconds and result of one ``PrunelightTrainer.calibrate`` (``callback`` overrides the criterion's)."""
     module = CalibrationModule.from_model(model, tokenizer, "bench")
     data = CalibrationDataModule(nsamples=len(windows), seqlen=windows.seqlen, batch_size=args.batch_size)
     data.windows = windows
@@ -106,11 +110,12 @@ def prunelight_calibration(model, tokenizer, windows: WindowSet, args, criterion
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        default_root_dir=tempfile.gettempdir(),
     )
     device = torch.device(args.device)
     _sync(device)
     start = time.perf_counter()
-    result = trainer.calibrate(module, data, ImportanceCallback(criterion))
+    result = trainer.calibrate(module, data, callback or ImportanceCallback(criterion))
     _sync(device)
     seconds = time.perf_counter() - start
     return seconds, result

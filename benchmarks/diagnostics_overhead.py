@@ -33,14 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibration_cost import SHAPES, build, windows_for  # noqa: E402
+from calibration_cost import SHAPES, build, prunelight_calibration, windows_for  # noqa: E402
 
 from callbacks.importance import ImportanceCallback  # noqa: E402
-from prunelight.calibration import CalibrationDataModule, CalibrationModule  # noqa: E402
 from prunelight.data.windows import WindowSet  # noqa: E402
 from prunelight.importance import Calibrated  # noqa: E402
 from prunelight.measure import peak_memory, reset_peak_memory  # noqa: E402
-from prunelight.trainer import PrunelightTrainer  # noqa: E402
 
 
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
@@ -57,24 +55,8 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
 
 def calibrate(model, tokenizer, windows: WindowSet, args, criterion: str, stats: bool) -> tuple[float, Any]:
     """Seconds and result of one ``PrunelightTrainer.calibrate`` with the statistics on or off."""
-    module = CalibrationModule.from_model(model, tokenizer, "bench")
-    data = CalibrationDataModule(nsamples=len(windows), seqlen=windows.seqlen, batch_size=args.batch_size)
-    data.windows = windows
-    trainer = PrunelightTrainer(
-        accelerator="gpu" if args.device.startswith("cuda") else "cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tempfile.gettempdir(),
-    )
     callback = ImportanceCallback(criterion, gradient_statistics=stats)
-    device = torch.device(args.device)
-    _sync(device)
-    start = time.perf_counter()
-    result = trainer.calibrate(module, data, callback)
-    _sync(device)
-    return time.perf_counter() - start, result
+    return prunelight_calibration(model, tokenizer, windows, args, criterion, callback)
 
 
 def identical(a: Calibrated, b: Calibrated) -> tuple[bool, float]:
@@ -135,11 +117,6 @@ def time_report(calibrated: Calibrated, criterion: str, args, seconds: float, pa
         start = time.perf_counter()
         write_diagnostics(run_dir)
         return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak(device: torch.device) -> float:
