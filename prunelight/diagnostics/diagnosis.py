@@ -184,10 +184,15 @@ def _check_scale_spread(
             if spread is None or spread[0] <= s.scale_spread:
                 continue
             ratio, low, high = spread
-            corrected = [e[kind]["scores"]["layer"]["mean"] for e in layer_report["layers"] if kind in e]
+            # only layers that may lose groups compete (a protected or fully capped layer is never pruned)
+            corrected = [
+                e[kind]["scores"]["layer"]["mean"] if e[kind]["limits"][1] > 0 else None
+                for e in layer_report["layers"]
+                if kind in e
+            ]
             after = _spread(corrected)
             tau_used = tau.get(kind)
-            fixed = after is not None and after[0] <= s.scale_spread and (tau_used or 0) > 0
+            fixed = after is not None and after[0] <= s.scale_spread * (1 + 1e-9) and (tau_used or 0) > 0
             found.append(
                 _issue(
                     "scale_spread",
@@ -264,7 +269,12 @@ def _check_early_layers(layer_report: dict[str, Any], s: DiagnosisSettings) -> l
     for kind in KINDS:
         overall = _overall_rate(layer_report, kind)
         limit = max(s.early_min_rate, s.early_rate_factor * overall)
-        hit = [(i, r) for i, r in _rates(layer_report, kind) if i < early and r > limit]
+        # one group fewer must still exceed the limit: with 3 groups a layer cannot lose less than 33%
+        hit = [
+            (e["layer"], e[kind]["rate"])
+            for e in layer_report["layers"][:early]
+            if kind in e and e[kind]["rate"] - 1 / e[kind]["groups_before"] > limit
+        ]
         if not hit:
             continue
         found.append(
