@@ -303,7 +303,7 @@ def heatmap(
     if len(values) != len(rows) or any(len(row) != len(columns) for row in values):
         raise ValueError(f"heatmap values must be {len(rows)} rows x {len(columns)} columns")
     fig, (ax,) = _figure("heatmap")
-    ax.set_title(title)
+    fig.suptitle(title)  # a title on the axes makes constrained layout squeeze them when it is long
     if not rows or not columns:
         _no_data(ax, "no results")
         return _save(fig, path)
