@@ -126,18 +126,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def model_arguments(doc: str | None, nsamples: int, batch_size: int) -> argparse.ArgumentParser:
+    """The options every calibration benchmark shares: which model, where, and which windows."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--shape", choices=sorted(SHAPES))
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--nsamples", type=int, default=nsamples)
     parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    return parser
+
+
+def main() -> None:
+    parser = model_arguments(__doc__, nsamples=32, batch_size=8)
     parser.add_argument("--criteria", default="taylor,wanda")
     parser.add_argument("--rounds", type=int, default=2, help="repeat and keep the fastest of each")
     args = parser.parse_args()

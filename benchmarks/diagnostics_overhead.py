@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibration_cost import SHAPES, build, prunelight_calibration, windows_for  # noqa: E402
+from calibration_cost import SHAPES, build, model_arguments, prunelight_calibration, windows_for  # noqa: E402
 
 from callbacks.importance import ImportanceCallback  # noqa: E402
 from prunelight.data.windows import WindowSet  # noqa: E402
@@ -124,19 +124,9 @@ def _peak(device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--shape", choices=sorted(SHAPES))
-    parser.add_argument("--layers", type=int, default=None)
+    parser = model_arguments(__doc__, nsamples=8, batch_size=4)
     parser.add_argument("--hidden", type=int, default=None, help="--shape only: hidden size (CPU checks)")
     parser.add_argument("--intermediate", type=int, default=None, help="--shape only: MLP width")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--nsamples", type=int, default=8)
-    parser.add_argument("--seqlen", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--criteria", default="taylor", help="comma-separated gradient criteria")
     parser.add_argument("--rounds", type=int, default=3, help="timed off/on pairs (order alternates)")
     parser.add_argument("--report", action="store_true", help="also time write_diagnostics")
