@@ -138,3 +138,30 @@ def test_the_schema_rejects_a_broken_file_with_the_field_named():
     broken["layers"][0]["attention"]["rate"] = 1.5
     with pytest.raises(ConfigError, match="rate"):
         validate("gradient_statistics", broken)
+
+
+def _hand_run(early_removed: int) -> dict:
+    """8 layers of 3 attention groups; layer 0 loses ``early_removed``, layers 1-7 one group in three."""
+    removed = [early_removed, 1, 0, 0, 1, 0, 0, 1]
+    entry = {"mean": 1.0, "std": 0.1, "norm": 2.0, "min": 0.9, "max": 1.1}
+    layers = [
+        {"layer": i, "attention": {"groups_before": 3, "groups_after": 3 - r, "rate": r / 3, "limits": [0, 2],
+                                   "scores": {"layer": {"mean": 1.0}}}}
+        for i, r in enumerate(removed)
+    ]  # fmt: skip
+    statistics = {
+        "gradients_collected": False,
+        "calibration_loss": 1.0,
+        "layers": [
+            {"layer": i, "attention": {"gradient": None, "importance": {**entry, "groups": 3}, "rate": r / 3},
+             "mlp": {"gradient": None, "importance": {**entry, "groups": 3}, "rate": 0.0}}
+            for i, r in enumerate(removed)
+        ],
+    }  # fmt: skip
+    return diagnose(statistics, {"tau": {}, "layers": layers})
+
+
+def test_one_group_of_granularity_is_not_over_pruning():
+    assert _hand_run(1)["issues"] == []  # 33% of 3 groups is the smallest cut there is
+    issue = _ids(_hand_run(2))[("early_layers_over_pruned", "attention")]
+    assert issue["layers"] == [0]
