@@ -140,7 +140,8 @@ def run_experiment(experiment: Experiment) -> dict[str, Any]:
                 f"[{index + 1}/{len(cells)}] {name}: done in {time.perf_counter() - start:.0f} s", flush=True
             )
         gc.collect()
-        table = write_table(experiment)
+        if index < len(cells) - 1:  # the table after every cell; the last one is written below
+            write_table(experiment)
     table = write_table(experiment)
     if failures:
         raise PrunelightError(

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from prunelight.diagnostics.gradients import KINDS, STATISTICS
+from prunelight.stages.report import layer_rate
 
 FOLDER = Path("tb") / "diagnostics"
 STAGES = ("raw", "normalized", "block", "layer")
@@ -83,7 +84,7 @@ def write_tensorboard(
                     )
         for entry in layer_report["layers"]:
             step = entry["layer"]
-            _scalar(writer, "layer/params_removed", 1 - entry["params_after"] / entry["params_before"], step)
+            _scalar(writer, "layer/params_removed", layer_rate(entry), step)
             for kind in KINDS:
                 if kind in entry:
                     for stage in STAGES:
