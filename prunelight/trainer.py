@@ -15,7 +15,7 @@ from callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.importance import Calibrated
 from prunelight.ranking import RankingConfig
-from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
+from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
 
 
 class PrunelightTrainer(L.Trainer):
@@ -59,14 +59,21 @@ class PrunelightTrainer(L.Trainer):
         """
         attached = [c for c in self.callbacks if isinstance(c, ImportanceCallback)]
         importance = importance or (attached[0] if attached else ImportanceCallback())
+        self.run_calibration(model, datamodule, importance)
+        assert importance.result is not None
+        return importance.result
+
+    def run_calibration(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule, callback: L.Callback
+    ) -> None:
+        """The calibration windows through ``model`` with ``callback`` attached: it decides what runs
+        (forward only or backward too) and what is kept. Inference mode is off so gradients can flow."""
         inference_mode, self.test_loop.inference_mode = self.test_loop.inference_mode, False
         try:
-            with self._attached(importance), kept_on_device(model):
+            with self._attached(callback), kept_on_device(model):
                 self.test(model, datamodule=datamodule, verbose=False)
         finally:
             self.test_loop.inference_mode = inference_mode
-        assert importance.result is not None
-        return importance.result
 
     @contextmanager
     def _attached(self, callback: L.Callback) -> Iterator[None]:
@@ -90,6 +97,7 @@ class PrunelightTrainer(L.Trainer):
         evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
         save_model: bool = True,
         diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
+        sparsity: SparsitySettings | None = None,
     ) -> dict[str, Any]:
         """Calibrate, rank, remove, evaluate and save (DESIGN: Data flow), into ``default_root_dir``.
 
@@ -102,10 +110,25 @@ class PrunelightTrainer(L.Trainer):
             evaluation: perplexity before and after; None skips it.
             save_model: write ``pruned_model/`` (safetensors and a config with every layer's sizes).
             diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
+            sparsity: zero weights in a sparse pattern (unstructured, N:M, blocks, or the hybrid) instead of
+                removing structures; None prunes structures.
         """
         from prunelight.stages.prune import run_prune
+        from prunelight.stages.sparse import run_sparse
 
         with _removed_on_failure(Path(self.default_root_dir)):
+            if sparsity is not None:
+                return run_sparse(
+                    self,
+                    model,
+                    datamodule,
+                    importance,
+                    ranking,
+                    sparsity,
+                    compensation,
+                    evaluation,
+                    save_model,
+                )
             return run_prune(
                 self,
                 model,

@@ -34,6 +34,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "ranking_stages": (1200, 900),
     "compare_rates": (1200, 600),
     "heatmap": (1000, 700),
+    "sparsity": (1200, 600),
 }
 COLORS = {"attention": "tab:blue", "mlp": "tab:orange"}
 # stage -> label, line style: a later stage is drawn thinner on top, so identical stages still all show
@@ -332,4 +333,31 @@ def heatmap(
     )
     ax.set_yticks(range(len(rows)), rows)
     _plain_labels(fig.colorbar(image, ax=ax, label=value_label).ax.yaxis)
+    return _save(fig, path)
+
+
+def sparsity_layers(sparsity: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Reached sparsity per layer, stacked by tier (structures removed, whole tiles, single weights), with
+    the layer's target where there was one."""
+    fig, (ax,) = _figure("sparsity")
+    entries = sparsity["layers"]
+    xs = [e["layer"] for e in entries]
+    removed = [e["removed"] / e["dense"] for e in entries]
+    tiles = [e["tile_zeros"] / e["dense"] for e in entries]
+    singles = [(e["zeros"] - e["tile_zeros"]) / e["dense"] for e in entries]
+    bottom = [0.0] * len(xs)
+    for values, label, color in (
+        (removed, "structures removed", "tab:purple"),
+        (tiles, "whole tiles", "tab:orange"),
+        (singles, "single weights", "tab:blue"),
+    ):
+        if any(values):
+            ax.bar(xs, values, 0.8, bottom=bottom, color=color, label=label)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    targets = [e.get("target") for e in entries]
+    if any(t is not None for t in targets):
+        ax.plot(*_points(xs, targets), "_", color="black", markersize=18, mew=2, label="layer target")
+    ax.axhline(sparsity["target"], color="0.4", linestyle="--", linewidth=1, label="overall target")
+    ax.set_ylim(0, 1.0)
+    _layer_axis(ax, f"Sparsity per layer ({sparsity['pattern']})", "fraction of the layer's weights")
     return _save(fig, path)

@@ -12,6 +12,7 @@ from typing import Any
 from prunelight.diagnostics import plots
 from prunelight.diagnostics.diagnosis import DiagnosisSettings, diagnose
 from prunelight.diagnostics.schema import load, validate
+from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.diagnostics.tensorboard import write_tensorboard
 from prunelight.errors import ConfigError
 from prunelight.io import write_json
@@ -29,7 +30,10 @@ def _inputs(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
 
 
 def write_diagnostics(run_dir: Path) -> list[Path]:
-    """Write gradient_diagnosis.json, the three PNGs, the TensorBoard events and summary.md (last)."""
+    """Write gradient_diagnosis.json, the three PNGs, the TensorBoard events and summary.md (last); for a
+    sparse run, its sparsity plot, TensorBoard curves and summary."""
+    if (run_dir / "analysis" / "sparsity.json").is_file():
+        return write_sparse_report(run_dir)
     statistics, layers, report = _inputs(run_dir)
     settings = DiagnosisSettings(**(report.get("diagnosis") or {}))
     diagnosis = diagnose(statistics, layers, settings)

@@ -15,7 +15,7 @@ import torch
 
 from prunelight.errors import ConfigError
 
-Criterion = Literal["magnitude", "taylor", "taylor2", "wanda", "fluctuation", "block_influence"]
+Criterion = Literal["magnitude", "taylor", "taylor2", "wanda", "fluctuation", "block_influence", "sparsegpt"]
 
 ROW_PROJECTIONS = ("q", "k", "v", "gate", "up")
 """Projections whose output rows belong to a group (a head's rows, an MLP channel's row)."""
@@ -29,6 +29,8 @@ MLP_PROJECTIONS = ("gate", "up", "down")
 class CriterionInfo:
     needs_gradients: bool
     description: str
+    structured: bool = True
+    """False for a criterion that only sparse (mask) pruning can use."""
 
 
 CRITERIA: dict[str, CriterionInfo] = {
@@ -40,6 +42,9 @@ CRITERIA: dict[str, CriterionInfo] = {
         False, "FLAP: variance of o/down input channels x squared weight column norm"
     ),
     "block_influence": CriterionInfo(False, "ShortGPT: 1 - cos(h_in, h_out) of each decoder layer"),
+    "sparsegpt": CriterionInfo(
+        False, "SparseGPT: prune and reconstruct each weight from the layer's Hessian", structured=False
+    ),
 }
 
 

@@ -238,6 +238,23 @@ def _resolve_layers(indices: list[int], num_layers: int) -> frozenset[int]:
     return frozenset(out)
 
 
+def layer_constraints(
+    config: RankingConfig, num_layers: int, removed: frozenset[int] = frozenset()
+) -> Constraints:
+    """The per-layer limits of ``config`` for a model of ``num_layers`` layers (sparse pruning uses them as
+    bounds of each layer's sparsity)."""
+    if config.first_layers > num_layers:
+        raise ConfigError(f"first_layers={config.first_layers}, but the model has {num_layers} layers")
+    return Constraints(
+        min_rate=config.min_rate,
+        max_rate=config.max_rate,
+        first_layers=config.first_layers,
+        first_layers_max_rate=config.first_layers_max_rate,
+        protected=_resolve_layers(config.protected_layers, num_layers),
+        removed=removed,
+    )
+
+
 def _layers_to_remove(table: GroupTable, config: RankingConfig, protected: frozenset[int]) -> frozenset[int]:
     """The ``remove_layers`` unprotected layers of lowest block importance (ties: lower index first)."""
     if config.remove_layers == 0:
@@ -259,18 +276,9 @@ def rank(table: GroupTable, config: RankingConfig) -> RankingResult:
     config._check()
     _check_table(table, config)
     n_layers = table.num_layers
-    protected = _resolve_layers(config.protected_layers, n_layers)
-    if config.first_layers > n_layers:
-        raise ConfigError(f"first_layers={config.first_layers}, but the model has {n_layers} layers")
+    protected = layer_constraints(config, n_layers).protected
     removed_layers = _layers_to_remove(table, config, protected)
-    constraints = Constraints(
-        min_rate=config.min_rate,
-        max_rate=config.max_rate,
-        first_layers=config.first_layers,
-        first_layers_max_rate=config.first_layers_max_rate,
-        protected=protected,
-        removed=removed_layers,
-    )
+    constraints = layer_constraints(config, n_layers, removed_layers)
 
     # The target, then each kind's share of what layer removal leaves.
     base = table.prunable_params() if config.ratio_of == "prunable" else table.total_params

@@ -20,6 +20,7 @@ from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
+from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.ranking import RankingConfig, rank
@@ -43,10 +44,12 @@ def run_prune(
     diagnosis: DiagnosisSettings,
 ) -> dict[str, Any]:
     """Run the whole stage; return what ``summary.md`` reports."""
-    if not isinstance(module, CalibrationModule):
-        raise ConfigError("prune needs a CalibrationModule as model (the default of the prune subcommand)")
-    if not isinstance(datamodule, CalibrationDataModule):
-        raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")
+    check_modules(module, datamodule)
+    if not criterion_info(importance.criterion).structured:
+        raise ConfigError(
+            f"criterion {importance.criterion!r} prunes single weights, not structures; add a sparsity "
+            "section (sparsity.pattern: unstructured or nm) or pick a structured criterion"
+        )
     run_dir = Path(trainer.default_root_dir)
     (run_dir / "summary.md").unlink(missing_ok=True)
 
@@ -71,7 +74,9 @@ def run_prune(
     }
     model = module.model
     dense_params = sum(p.numel() for p in model.parameters())
-    dense_ppl = _evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
+    dense_ppl = (
+        evaluate_perplexity(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
+    )
 
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
@@ -81,7 +86,7 @@ def run_prune(
     apply_plan(model, result.plan, compensation=means if compensation else None)
     apply_seconds = time.perf_counter() - start
     pruned_params = sum(p.numel() for p in model.parameters())
-    pruned_ppl = _evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+    pruned_ppl = evaluate_perplexity(trainer, module, evaluation, "pruned") if evaluation else None
 
     analysis = run_dir / "analysis"
     report = {
@@ -119,9 +124,17 @@ def run_prune(
     return report
 
 
-def _evaluate(
+def check_modules(module: object, datamodule: object) -> None:
+    if not isinstance(module, CalibrationModule):
+        raise ConfigError("prune needs a CalibrationModule as model (the default of the prune subcommand)")
+    if not isinstance(datamodule, CalibrationDataModule):
+        raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")
+
+
+def evaluate_perplexity(
     trainer: PrunelightTrainer, module: CalibrationModule, settings: EvaluationSettings, which: str
 ) -> dict[str, Any]:
+    """Perplexity of ``module``'s model as it is now, written to ``analysis/perplexity_<which>.json``."""
     evaluator = PerplexityModule.from_model(module.model, module.tokenizer, module.spec.name)
     data = PerplexityDataModule(
         settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows

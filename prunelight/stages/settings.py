@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from prunelight.data.corpora import CorpusSpec
+from prunelight.errors import ConfigError
 from prunelight.importance.criteria import Criterion
 
 
@@ -48,3 +49,117 @@ class EvaluationSettings:
     max_windows: int | None = None
     batch_size: int = 1
     dense: bool = True
+
+
+SparsePattern = Literal["unstructured", "nm", "block", "hybrid"]
+SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
+
+
+@dataclass
+class SparsitySettings:
+    """Mask pruning (DESIGN: Sparse (mask) pruning); when given, ``prune`` zeroes weights instead of
+    removing structures (``hybrid`` does both). The scores are ``importance.criterion``: magnitude, wanda or
+    sparsegpt. Per-layer limits come from the ``ranking`` section (``min_rate``, ``max_rate``,
+    ``first_layers``, ``first_layers_max_rate``, ``protected_layers``), read as bounds of a layer's sparsity.
+
+    Attributes:
+        pattern: ``unstructured``; ``nm`` (keep ``n`` of every ``m`` consecutive inputs); ``block`` (whole
+            ``block`` tiles); ``hybrid`` (structures, then tiles, then single weights).
+        sparsity: fraction of the prunable weights (the seven projections of every decoder layer) that goes;
+            required, except for ``nm``, which fixes it at ``1 - n/m``.
+        comparison: ``row`` (each output row loses the same fraction, as in Wanda) or ``layer`` (the whole
+            matrix competes; SparseGPT's original choice within each column block).
+        n: N of N:M.
+        m: M of N:M.
+        block: tile rows and columns (``block`` and ``hybrid``).
+        calibration: ``sequential`` (layer by layer, each on the pruned outputs of the layers before it) or
+            ``one_pass`` (every layer's statistics from the dense model at once).
+        offload_inputs: ``sequential`` keeps the layer inputs in CPU memory.
+        allocation: ``uniform`` (every layer gets ``sparsity``) or ``owl`` (outlier-weighted).
+        owl_lambda: OWL's largest deviation from ``sparsity``.
+        owl_m: OWL's outlier threshold, a multiple of the layer's mean score.
+        structures_share: hybrid: fraction of the target removed as attention groups and MLP channels
+            (ranked by the structured core with the ``ranking`` settings).
+        blocks_share: hybrid: fraction of the target zeroed as whole tiles; single weights take the rest.
+        sparsegpt_block_size: columns SparseGPT prunes and updates at a time.
+        sparsegpt_damping: SparseGPT adds ``damping * mean(diag H)`` to the Hessian's diagonal.
+        semi_structured: with ``nm`` 2:4 on CUDA, evaluate the pruned model with its layers converted to
+            PyTorch's semi-structured sparse format (the saved checkpoint stays a normal one).
+    """
+
+    pattern: SparsePattern = "unstructured"
+    sparsity: float | None = None
+    comparison: Literal["row", "layer"] = "row"
+    n: int = 2
+    m: int = 4
+    block: tuple[int, int] = (16, 16)
+    calibration: Literal["sequential", "one_pass"] = "sequential"
+    offload_inputs: bool = False
+    allocation: Literal["uniform", "owl"] = "uniform"
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    structures_share: float = 0.2
+    blocks_share: float = 0.3
+    sparsegpt_block_size: int = 128
+    sparsegpt_damping: float = 0.01
+    semi_structured: bool = False
+
+    def __post_init__(self) -> None:
+        self.block = tuple(int(b) for b in self.block)  # type: ignore[assignment]
+        self.check()
+
+    def check(self) -> None:
+        from prunelight.ranking.patterns import check_block, check_nm, check_sparsity
+
+        if self.pattern not in ("unstructured", "nm", "block", "hybrid"):
+            raise ConfigError(f"pattern must be unstructured, nm, block or hybrid, got {self.pattern!r}")
+        if self.pattern == "nm":
+            check_nm(self.n, self.m)
+            if self.sparsity is not None and abs(self.sparsity - self.target) > 1e-9:
+                raise ConfigError(
+                    f"pattern nm with n={self.n}, m={self.m} fixes the sparsity at {self.target}, but "
+                    f"sparsity={self.sparsity} was given; leave sparsity out (null) or change n/m"
+                )
+            if self.allocation != "uniform":
+                raise ConfigError("N:M fixes every layer's sparsity at 1 - n/m; use allocation: uniform")
+        elif self.sparsity is None:
+            raise ConfigError(f"pattern {self.pattern} needs sparsity.sparsity in [0, 1), e.g. 0.5")
+        else:
+            check_sparsity(self.sparsity)
+        check_block(self.block)
+        if self.comparison not in ("row", "layer"):
+            raise ConfigError(f"comparison must be 'row' or 'layer', got {self.comparison!r}")
+        if self.calibration not in ("sequential", "one_pass"):
+            raise ConfigError(f"calibration must be 'sequential' or 'one_pass', got {self.calibration!r}")
+        if self.allocation not in ("uniform", "owl"):
+            raise ConfigError(f"allocation must be 'uniform' or 'owl', got {self.allocation!r}")
+        shares = (self.structures_share, self.blocks_share)
+        if any(not 0.0 <= s <= 1.0 for s in shares) or sum(shares) > 1.0:
+            raise ConfigError(
+                f"structures_share={shares[0]} and blocks_share={shares[1]} must be in [0, 1] and sum to at "
+                "most 1 (single weights take the rest)"
+            )
+        if self.sparsegpt_block_size < 1 or self.sparsegpt_damping < 0:
+            raise ConfigError("sparsegpt_block_size must be >= 1 and sparsegpt_damping >= 0")
+
+    @property
+    def target(self) -> float:
+        """The overall sparsity: ``sparsity``, or ``1 - n/m`` for N:M."""
+        return 1.0 - self.n / self.m if self.pattern == "nm" else float(self.sparsity or 0.0)
+
+    def check_criterion(self, criterion: str) -> None:
+        if criterion not in SPARSE_CRITERIA:
+            raise ConfigError(
+                f"criterion {criterion!r} scores structures; sparse patterns take "
+                f"{', '.join(SPARSE_CRITERIA)} (set importance.criterion)"
+            )
+        if criterion == "sparsegpt" and self.pattern not in ("unstructured", "nm"):
+            raise ConfigError(
+                f"sparsegpt reconstructs weights for unstructured and nm patterns, not {self.pattern}; "
+                "use wanda or magnitude for block and hybrid"
+            )
+        if criterion == "sparsegpt" and self.calibration != "sequential":
+            raise ConfigError(
+                "sparsegpt reconstructs each layer from the outputs of the already pruned layers before it; "
+                "set sparsity.calibration: sequential"
+            )

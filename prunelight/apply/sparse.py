@@ -1,0 +1,187 @@
+"""Apply a sparse pattern to one decoder layer's projections, and measure what the weights reached.
+
+Scores (magnitude ``|W|`` or Wanda ``|W| * ||X_j||``) come from the weights and the layer's input statistics;
+SparseGPT instead prunes and reconstructs each weight from the layer's Hessian
+(:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights afterwards, never taken from
+what was asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelight.apply.sparsegpt import sparsegpt_prune
+from prunelight.importance.criteria import magnitude_elements, wanda_elements
+from prunelight.importance.inputs import PROJECTIONS, LayerInputs
+from prunelight.models.adapters import FamilyAdapter, LayerModules
+from prunelight.ranking.patterns import block_mask, nm_mask, tiles_then_singles, unstructured_mask
+
+
+@dataclass(frozen=True)
+class LayerPattern:
+    """What one layer loses: the pattern, its sparsity, and how elements are scored.
+
+    ``tile_sparsity`` is the hybrid's tile tier, as a fraction of the layer's weights (the rest of
+    ``sparsity`` goes as single weights). ``projections`` overrides ``sparsity`` per projection (the exact
+    counts of :func:`~prunelight.ranking.sparsity.projection_counts`).
+    """
+
+    pattern: str
+    criterion: str
+    sparsity: float
+    comparison: str = "row"
+    n: int = 2
+    m: int = 4
+    block: tuple[int, int] = (16, 16)
+    tile_sparsity: float = 0.0
+    damping: float = 0.01
+    block_size: int = 128
+    projections: dict[str, float] | None = None
+
+    def of(self, projection: str) -> LayerPattern:
+        """This pattern with ``projection``'s own sparsity."""
+        if self.projections is None:
+            return self
+        return dataclasses.replace(self, sparsity=self.projections[projection], projections=None)
+
+
+def element_scores(
+    weight: torch.Tensor, criterion: str, inputs: LayerInputs | None, projection: str
+) -> torch.Tensor:
+    """Per-element importance of ``projection``'s weight (float32)."""
+    if criterion == "magnitude":
+        return magnitude_elements(weight)
+    assert criterion == "wanda" and inputs is not None, criterion
+    return wanda_elements(weight, inputs.input_norm(projection))
+
+
+def prune_layer(
+    modules: LayerModules, inputs: LayerInputs | None, pattern: LayerPattern, layer: int
+) -> dict[str, torch.Tensor]:
+    """Zero (SparseGPT: zero and reconstruct) ``modules``' weights in place; return the keep masks."""
+    masks = {}
+    layer_pattern = pattern
+    for name in PROJECTIONS:
+        pattern = layer_pattern.of(name)
+        weight = getattr(modules, name).weight
+        label = f"layer {layer} {name}_proj ({weight.shape[0]}x{weight.shape[1]})"
+        if pattern.sparsity == 0:  # a protected layer (N:M layers carry 1 - n/m)
+            continue
+        with torch.no_grad():
+            if pattern.criterion == "sparsegpt":
+                assert inputs is not None
+                nm = pattern.pattern == "nm"
+                new, keep = sparsegpt_prune(
+                    weight,
+                    inputs.hessian(name),
+                    sparsity=None if nm else pattern.sparsity,
+                    n=pattern.n if nm else None,
+                    m=pattern.m if nm else None,
+                    comparison=pattern.comparison,
+                    block_size=pattern.block_size,
+                    damping=pattern.damping,
+                )
+                weight.copy_(new)
+            else:
+                scores = element_scores(weight, pattern.criterion, inputs, name)
+                keep = _mask(scores, pattern, label)
+                weight.mul_(keep)
+        masks[name] = keep
+    return masks
+
+
+def _mask(scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
+    if pattern.pattern == "unstructured":
+        return unstructured_mask(scores, pattern.sparsity, pattern.comparison)
+    if pattern.pattern == "nm":
+        return nm_mask(scores, pattern.n, pattern.m, label)
+    if pattern.pattern == "block":
+        return block_mask(scores, pattern.sparsity, pattern.block, label)
+    if pattern.pattern == "hybrid":
+        return tiles_then_singles(scores, pattern.tile_sparsity, pattern.sparsity, pattern.block)
+    raise AssertionError(pattern.pattern)
+
+
+def projection_sizes(model: nn.Module, adapter: FamilyAdapter) -> list[dict[str, int]]:
+    """Weight elements of every prunable projection, per layer (the base of every sparsity)."""
+    return [
+        {name: getattr(adapter.modules(layer), name).weight.numel() for name in PROJECTIONS}
+        for layer in adapter.decoder_layers(model)
+    ]
+
+
+def removal_units(
+    model: nn.Module, adapter: FamilyAdapter, pattern: str, comparison: str, block: tuple[int, int]
+) -> list[dict[str, int]]:
+    """The granularity in which ``pattern`` removes weights of each projection (see ``projection_counts``)."""
+    units = []
+    for layer in adapter.decoder_layers(model):
+        modules = adapter.modules(layer)
+        row = {}
+        for name in PROJECTIONS:
+            out_features = getattr(modules, name).weight.shape[0]
+            if pattern == "unstructured":
+                row[name] = out_features if comparison == "row" else 1
+            elif pattern == "block":
+                row[name] = block[0] * block[1]
+            else:
+                row[name] = 1
+        units.append(row)
+    return units
+
+
+def measure_sparsity(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    dense: list[dict[str, int]],
+    block: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Zeros actually in the weights, per projection, layer and overall, against the dense sizes.
+
+    ``removed`` counts the elements a structured tier took away (the dense size minus the current size);
+    they count as pruned. With ``block``, whole zero tiles are counted too (tiles of the divisible part).
+    """
+    layers, totals = [], {"dense": 0, "zeros": 0, "removed": 0, "tile_zeros": 0}
+    for index, layer in enumerate(adapter.decoder_layers(model)):
+        modules = adapter.modules(layer)
+        entry: dict[str, Any] = {"layer": index, "projections": {}}
+        sums = dict.fromkeys(totals, 0)
+        for name in PROJECTIONS:
+            weight = getattr(modules, name).weight.detach()
+            zero = weight == 0
+            row = {
+                "shape": list(weight.shape),
+                "dense": dense[index][name],
+                "zeros": int(zero.sum()),
+                "removed": dense[index][name] - weight.numel(),
+                "tile_zeros": _zero_tiles(zero, block) if block else 0,
+            }
+            row["sparsity"] = (row["zeros"] + row["removed"]) / row["dense"]
+            row_zeros = zero.sum(dim=1)
+            row["row_sparsity"] = [
+                float(row_zeros.min()) / weight.shape[1],
+                float(row_zeros.max()) / weight.shape[1],
+            ]
+            entry["projections"][name] = row
+            for key in sums:
+                sums[key] += row[key]
+        entry.update(sums, sparsity=(sums["zeros"] + sums["removed"]) / sums["dense"])
+        layers.append(entry)
+        for key in totals:
+            totals[key] += sums[key]
+    overall = {**totals, "sparsity": (totals["zeros"] + totals["removed"]) / max(totals["dense"], 1)}
+    return {"overall": overall, "layers": layers}
+
+
+def _zero_tiles(zero: torch.Tensor, block: tuple[int, int]) -> int:
+    """Elements in whole all-zero tiles."""
+    rows, cols = zero.shape[0] // block[0], zero.shape[1] // block[1]
+    if not rows or not cols:
+        return 0
+    grid = zero[: rows * block[0], : cols * block[1]].reshape(rows, block[0], cols, block[1])
+    return int(grid.all(dim=3).all(dim=1).sum()) * block[0] * block[1]
