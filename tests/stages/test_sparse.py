@@ -50,21 +50,24 @@ def _windows(tiny_llama) -> torch.Tensor:
     return data.windows.input_ids
 
 
-def _input_norms(model, layer_index: int, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """||X_j|| of every projection's input in one layer, by plain forward hooks (independent of LayerInputs)."""
-    sums: dict[str, torch.Tensor] = {}
+def _linears(model, layer_index: int) -> dict[str, torch.nn.Linear]:
     layer = model.model.layers[layer_index]
-    modules = {
-        "q": layer.self_attn.q_proj,
-        "k": layer.self_attn.k_proj,
-        "v": layer.self_attn.v_proj,
-        "o": layer.self_attn.o_proj,
-        "gate": layer.mlp.gate_proj,
-        "up": layer.mlp.up_proj,
-        "down": layer.mlp.down_proj,
-    }
+    attn, mlp = layer.self_attn, layer.mlp
+    return {
+        "q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj,
+        "gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj,
+    }  # fmt: skip
+
+
+def _weights(model, layer_index: int) -> dict[str, torch.Tensor]:
+    return {name: linear.weight for name, linear in _linears(model, layer_index).items()}
+
+
+def _input_norms(model, layer_index: int, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """||X_j|| of every projection's input in one layer, by plain hooks (independent of LayerInputs)."""
+    sums: dict[str, torch.Tensor] = {}
     handles = []
-    for name, module in modules.items():
+    for name, module in _linears(model, layer_index).items():
 
         def hook(_m, args, name=name):
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
@@ -81,18 +84,8 @@ def _input_norms(model, layer_index: int, ids: torch.Tensor) -> dict[str, torch.
 
 def _hand_wanda(model, layer_index: int, norms: dict[str, torch.Tensor], sparsity: float) -> dict:
     """Zero, per output row, the lowest ``sparsity`` of |W_ij| * ||X_j||."""
-    layer = model.model.layers[layer_index]
-    weights = {
-        "q": layer.self_attn.q_proj.weight,
-        "k": layer.self_attn.k_proj.weight,
-        "v": layer.self_attn.v_proj.weight,
-        "o": layer.self_attn.o_proj.weight,
-        "gate": layer.mlp.gate_proj.weight,
-        "up": layer.mlp.up_proj.weight,
-        "down": layer.mlp.down_proj.weight,
-    }
     out = {}
-    for name, w in weights.items():
+    for name, w in _weights(model, layer_index).items():
         score = w.detach().double().abs() * norms[name][None, :]
         keep = torch.ones_like(score, dtype=torch.bool)
         k = int(sparsity * score.shape[1])
@@ -100,15 +93,6 @@ def _hand_wanda(model, layer_index: int, norms: dict[str, torch.Tensor], sparsit
             keep[row, score[row].argsort(stable=True)[:k]] = False
         out[name] = w.detach() * keep
     return out
-
-
-def _weights(model, layer_index: int) -> dict[str, torch.Tensor]:
-    layer = model.model.layers[layer_index]
-    attn, mlp = layer.self_attn, layer.mlp
-    return {
-        "q": attn.q_proj.weight, "k": attn.k_proj.weight, "v": attn.v_proj.weight, "o": attn.o_proj.weight,
-        "gate": mlp.gate_proj.weight, "up": mlp.up_proj.weight, "down": mlp.down_proj.weight,
-    }  # fmt: skip
 
 
 def test_one_pass_wanda_equals_a_hand_computation(tiny_llama, tmp_path):
@@ -171,7 +155,7 @@ def test_reached_sparsity_is_exact_and_measured_on_the_weights(
     target = settings.target
     assert report["sparsity_reached"] == pytest.approx(target, abs=1e-12)
     zeros = removed = dense = 0
-    for index, layer in enumerate(module.model.model.layers):
+    for index in range(len(module.model.model.layers)):
         entry = measured["layers"][index]
         for name, weight in _weights(module.model, index).items():
             row = entry["projections"][name]
