@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +95,29 @@ def smollm2() -> Path:
     from prunelight.models import zoo
 
     return zoo.ensure("smollm2-135m")
+
+
+def launch_ddp(script: Path, *args: str, world: int = 2, timeout: int = 300) -> None:
+    """Run ``script`` as ``world`` gloo DDP ranks (torchrun-style variables) and fail with their logs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = []
+    for index in range(world):
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE=str(world),
+            NODE_RANK="0",
+            RANK=str(index),
+            LOCAL_RANK=str(index),
+            PYTHONPATH=str(ROOT),
+            OMP_NUM_THREADS="1",
+        )
+        cmd = [sys.executable, str(script), *args]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(logs)

@@ -34,7 +34,7 @@ class LayerInputs:
         device = modules.q.weight.device
         self.sumsq = {
             name: torch.zeros(getattr(modules, name).in_features, dtype=torch.float64, device=device)
-            for name in set(INPUT_OF.values())
+            for name in dict.fromkeys(INPUT_OF.values())  # one order on every rank: the reduce is in order
         }
         self.xtx: dict[str, torch.Tensor] = {}
         if hessian:

@@ -141,7 +141,9 @@ def tiles_then_singles(
     keep = _tile_mask(scores, block, tiles)
     remaining = total - tiles * tile_size
     if remaining > 0:
-        masked = scores.reshape(-1).double().masked_fill(~keep.reshape(-1), -math.inf)
-        # the removed tiles sort first (-inf); the next ``remaining`` entries are the single weights
-        keep.view(-1)[_lowest(masked, tiles * tile_size + remaining)] = False
+        # the single weights: the ``remaining`` lowest among the weights the tiles left (ranking only those,
+        # not the whole matrix with the tiles masked to -inf, which a score of -inf would tie with)
+        flat = keep.view(-1)
+        left = flat.nonzero().squeeze(1)
+        flat[left[_lowest(scores.reshape(-1)[left], remaining)]] = False
     return keep

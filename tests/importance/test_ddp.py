@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from conftest import launch_ddp
 from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
 
 from prunelight.ranking import RankingConfig, rank
@@ -16,33 +13,8 @@ from prunelight.ranking import RankingConfig, rank
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp(folder: Path, criterion: str, out: Path) -> dict:
-    port = str(_free_port())
-    procs = []
-    for index in range(2):
-        env = dict(
-            os.environ,
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            WORLD_SIZE="2",
-            NODE_RANK="0",
-            RANK=str(index),
-            LOCAL_RANK=str(index),
-            PYTHONPATH=str(ROOT),
-            OMP_NUM_THREADS="1",
-        )
-        cmd = [sys.executable, str(ROOT / "tests/importance/ddp_worker.py"), str(folder), criterion, str(out)]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    launch_ddp(ROOT / "tests/importance/ddp_worker.py", str(folder), criterion, str(out))
     return torch.load(out, weights_only=False)
 
 
