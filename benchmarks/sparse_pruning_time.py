@@ -18,12 +18,14 @@ that gather statistics and feed the pruned outputs on). The capture pass is time
 untimed capture) and is not part of any method's time; its inputs are reused by every method.
 
 Part 2, semi-structured 2:4 (CUDA, fp16/bf16 only): the model as the last 2:4 method left it is run on
-``--forward-batch`` windows, first as dense weights with zeros, then after ``to_semi_structured``; median
-and best of ``--repeats`` timed passes after 2 warm-ups. The logits of both are compared with each other
-and with an fp32 pass of the dense-with-zeros weights (the bf16 noise floor). A microbenchmark times single
-``F.linear`` products of 2:4 weights from layer 0 (4096x4096, 11008x4096, 4096x11008 for LLaMA-2-7B) on
-``forward-batch x seqlen`` tokens: dense, and each of PyTorch's semi-structured backends (cuSPARSELt,
-CUTLASS) that builds.
+``--forward-batch`` windows as dense weights with zeros, then after ``to_semi_structured`` as PyTorch
+converts by default (cuSPARSELt; ``F.linear`` then returns a transposed, non-contiguous view), then again
+with cuSPARSELt's fused transposition (``SparseSemiStructuredTensor._FUSE_TRANSPOSE``: row-major output);
+median and best of ``--repeats`` timed passes after 2 warm-ups. The logits are compared with each other and
+with an fp32 pass of the dense-with-zeros weights (the bf16 noise floor). A microbenchmark times single
+``F.linear`` products of the 2:4 weights of layer 0 (4096x4096, 11008x4096, 4096x11008 for LLaMA-2-7B) on
+``forward-batch x seqlen`` tokens: dense, and each semi-structured backend (cuSPARSELt, fused or not, and
+CUTLASS), back to back and as single synchronised calls (which expose the host's time per call).
 
 Prints one markdown table per part; ``--out`` writes the raw numbers as JSON.
 """
@@ -174,23 +176,60 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
-def cuda_time(fn, repeats: int) -> list[float]:
-    """Milliseconds of ``repeats`` calls (CUDA events), after 5 warm-ups."""
+def cuda_time(fn, repeats: int) -> dict[str, float]:
+    """Milliseconds per call (CUDA events) after 5 warm-ups: ``throughput``, the median of 5 loops of
+    ``repeats`` back-to-back calls (host work overlaps the GPU's, as in a model), and ``latency``, the
+    median of ``repeats`` single calls each waited for (host work per call is exposed)."""
     for _ in range(5):
         fn()
-    times = []
+    loops, singles = [], []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            fn()
+        end.record()
+        end.synchronize()
+        loops.append(start.elapsed_time(end) / repeats)
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+        singles.append(start.elapsed_time(end))
+    return {"throughput": statistics.median(loops), "latency": statistics.median(singles)}
 
 
-def semi_structured_backends() -> dict[str, Any]:
-    """Name -> ``from_dense`` of each semi-structured subclass this PyTorch exposes.
+class FusedTranspose:
+    """Context: cuSPARSELt tensors made inside write their product transposed, so that ``F.linear``
+    returns a row-major (contiguous) output rather than a transposed view.
+
+    Sets ``SparseSemiStructuredTensor._FUSE_TRANSPOSE``, which a tensor reads when it is made.
+    """
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self) -> None:
+        from torch.sparse import SparseSemiStructuredTensor
+
+        self.before = SparseSemiStructuredTensor._FUSE_TRANSPOSE
+        SparseSemiStructuredTensor._FUSE_TRANSPOSE = self.on
+
+    def __exit__(self, *exc: object) -> None:
+        from torch.sparse import SparseSemiStructuredTensor
+
+        SparseSemiStructuredTensor._FUSE_TRANSPOSE = self.before
+
+
+VARIANTS = {"semi-structured": False, "semi-structured, fused transpose": True}
+"""Whole-model variants of part 2: as ``to_semi_structured`` converts (PyTorch's defaults), and with
+cuSPARSELt's fused transposition of the product."""
+
+
+def semi_structured_backends() -> dict[str, tuple[Any, bool]]:
+    """Name -> (``from_dense`` of a semi-structured subclass this PyTorch exposes, fused transpose).
 
     ``to_sparse_semi_structured`` (and so ``to_semi_structured``) takes cuSPARSELt unless
     ``SparseSemiStructuredTensor._FORCE_CUTLASS`` is set.
@@ -198,11 +237,12 @@ def semi_structured_backends() -> dict[str, Any]:
     from torch import sparse
 
     backends = {}
-    for name, attr in (("cusparselt", "SparseSemiStructuredTensorCUSPARSELT"),
-                       ("cutlass", "SparseSemiStructuredTensorCUTLASS")):  # fmt: skip
+    for name, attr, fuse in (("cusparselt", "SparseSemiStructuredTensorCUSPARSELT", False),
+                             ("cusparselt fused-T", "SparseSemiStructuredTensorCUSPARSELT", True),
+                             ("cutlass", "SparseSemiStructuredTensorCUTLASS", False)):  # fmt: skip
         cls = getattr(sparse, attr, None)
         if cls is not None:
-            backends[name] = cls.from_dense
+            backends[name] = (cls.from_dense, fuse)
     return backends
 
 
@@ -215,27 +255,30 @@ def microbenchmark(weights: dict[str, torch.Tensor], tokens: int, repeats: int) 
         flops = 2 * tokens * in_features * out_features
         with torch.no_grad():
             reference = F.linear(x, weight)
-            dense_ms = statistics.median(cuda_time(lambda x=x, w=weight: F.linear(x, w), repeats))
+            dense = cuda_time(lambda x=x, w=weight: F.linear(x, w), repeats)
             row: dict[str, Any] = {
                 "projection": name,
                 "weight": [out_features, in_features],
                 "tokens": tokens,
-                "dense_ms": dense_ms,
-                "dense_tflops": flops / dense_ms / 1e9,
+                "dense_ms": dense,
+                "dense_tflops": flops / dense["throughput"] / 1e9,
                 "sparse": {},
             }
-            for backend, from_dense in semi_structured_backends().items():
+            for backend, (from_dense, fuse) in semi_structured_backends().items():
                 try:
-                    sparse = from_dense(weight)
+                    with FusedTranspose(fuse):
+                        sparse = from_dense(weight)
                     out = F.linear(x, sparse)
-                    ms = statistics.median(cuda_time(lambda x=x, w=sparse: F.linear(x, w), repeats))
+                    ms = cuda_time(lambda x=x, w=sparse: F.linear(x, w), repeats)
                 except Exception as err:  # a backend this build or GPU lacks: report it, go on
                     row["sparse"][backend] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0]}"}
                     continue
                 row["sparse"][backend] = {
                     "class": type(sparse).__name__,
                     "ms": ms,
-                    "speedup": dense_ms / ms,
+                    "speedup": dense["throughput"] / ms["throughput"],
+                    "speedup_latency": dense["latency"] / ms["latency"],
+                    "output_contiguous": out.is_contiguous(),
                     "max_abs_diff": float((out.float() - reference.float()).abs().max()),
                     "max_abs_value": float(reference.float().abs().max()),
                 }
@@ -246,56 +289,85 @@ def microbenchmark(weights: dict[str, torch.Tensor], tokens: int, repeats: int) 
 
 def semi_structured_part(model, adapter, ids: torch.Tensor, args, device: torch.device) -> dict:
     """Forward of dense-with-zeros vs semi-structured 2:4 weights, logits compared, and the microbenchmark."""
-    result: dict[str, Any] = {"tokens": list(ids.shape)}
-    modules = adapter.modules(adapter.decoder_layers(model)[0])
+    result: dict[str, Any] = {"tokens": list(ids.shape), "runs": {}}
+    layers = adapter.decoder_layers(model)
+    modules = adapter.modules(layers[0])
     weights = {f"{name}_proj": getattr(modules, name).weight.detach().clone() for name in ("q", "up", "down")}
-
     try:
         result["linear"] = microbenchmark(weights, ids.numel(), args.repeats * 5)
     except Exception as err:  # keep the whole-model numbers below
         result["linear"] = {"error": f"{type(err).__name__}: {err}"}
     del weights
     torch.cuda.empty_cache()
+    dense_weights = [
+        {name: getattr(adapter.modules(layer), name).weight.detach().cpu() for name in PROJECTIONS}
+        for layer in layers
+    ]
 
     reset_peak_memory(device)
-    dense_times, dense_logits = time_forward(model, ids, args.repeats, device)
-    result["dense"] = {"ms": [t * 1e3 for t in dense_times], **peak_memory(device)}
+    times, dense_logits = time_forward(model, ids, args.repeats, device)
+    result["runs"]["dense with zeros"] = {"ms": [t * 1e3 for t in times], **peak_memory(device)}
+    allocated = torch.cuda.memory_allocated(device)
 
     # bf16 noise floor: the same dense-with-zeros weights in fp32 (parameters only: the buffers, rotary
     # frequencies included, stay as they are; bf16 -> fp32 -> bf16 is exact)
     for p in model.parameters():
         p.data = p.data.float()
     with torch.no_grad():
-        fp32_logits = model(input_ids=ids, use_cache=False).logits.float()
+        fp32_logits = model(input_ids=ids, use_cache=False).logits.float().cpu()
     for p in model.parameters():
         p.data = p.data.to(dense_logits.dtype)
+    logits = {"dense with zeros": dense_logits.cpu()}  # off the GPU, so that every peak holds the same
+    del dense_logits
 
-    # off the GPU while the semi-structured model runs, so that both peaks hold the same things
-    dense_logits, fp32_logits = dense_logits.cpu(), fp32_logits.cpu()
-    allocated = torch.cuda.memory_allocated(device)
-    sync(device)
-    start = time.perf_counter()
-    conversion = to_semi_structured(model, adapter)
-    sync(device)
-    result["conversion"] = {
-        "seconds": time.perf_counter() - start,
-        "converted": conversion["converted"],
-        "skipped": conversion["skipped"],
-        "allocated_mib_before": mib(allocated),
-        "allocated_mib_after": mib(torch.cuda.memory_allocated(device)),
-        "weight_class": type(modules.q.weight).__name__,
-    }
-    reset_peak_memory(device)
-    sparse_times, sparse_logits = time_forward(model, ids, args.repeats, device)
-    result["semi_structured"] = {"ms": [t * 1e3 for t in sparse_times], **peak_memory(device)}
-    result["speedup_median"] = statistics.median(dense_times) / statistics.median(sparse_times)
-    result["speedup_best"] = min(dense_times) / min(sparse_times)
-    dense_logits, fp32_logits = dense_logits.to(device), fp32_logits.to(device)
-    result["logits"] = {
-        "semi_vs_dense": compare(sparse_logits, dense_logits),
-        "dense_vs_fp32": compare(dense_logits, fp32_logits),
-        "semi_vs_fp32": compare(sparse_logits, fp32_logits),
-    }
+    for variant, fuse in VARIANTS.items():
+        for layer, saved in zip(layers, dense_weights, strict=True):
+            for name, weight in saved.items():
+                linear = getattr(adapter.modules(layer), name)
+                linear.weight = torch.nn.Parameter(weight.to(device), requires_grad=False)
+        torch.cuda.empty_cache()
+        run: dict[str, Any] = {}
+        try:
+            sync(device)
+            start = time.perf_counter()
+            with FusedTranspose(fuse):
+                conversion = to_semi_structured(model, adapter)
+            sync(device)
+            run["conversion"] = {
+                "seconds": time.perf_counter() - start,
+                "converted": conversion["converted"],
+                "skipped": conversion["skipped"],
+                "allocated_mib_before": mib(allocated),
+                "allocated_mib_after": mib(torch.cuda.memory_allocated(device)),
+                "weight_class": type(modules.q.weight).__name__,
+            }
+            with torch.no_grad():
+                x = torch.randn(2, 64, modules.q.in_features, dtype=getattr(torch, args.dtype), device=device)
+                probe = modules.q(x)
+            reset_peak_memory(device)
+            times, out = time_forward(model, ids, args.repeats, device)
+        except Exception as err:  # report it, go on with the other variant
+            result["runs"][variant] = {"error": f"{type(err).__name__}: {err}"}
+            continue
+        run.update(ms=[t * 1e3 for t in times], **peak_memory(device))
+        run["linear_output_contiguous"] = probe.is_contiguous()
+        result["runs"][variant] = run
+        logits[variant] = out.cpu()
+        del out, probe
+
+    dense_median = statistics.median(result["runs"]["dense with zeros"]["ms"])
+    for run in result["runs"].values():
+        if "ms" in run:
+            run["speedup_median"] = dense_median / statistics.median(run["ms"])
+    reference = {"dense with zeros": logits["dense with zeros"].to(device), "fp32": fp32_logits.to(device)}
+    del fp32_logits
+    result["logits"] = {"dense with zeros vs fp32": compare(reference["dense with zeros"], reference["fp32"])}
+    for variant in VARIANTS:
+        if variant in logits:
+            out = logits.pop(variant).to(device)
+            for name, ref in reference.items():
+                result["logits"][f"{variant} vs {name}"] = compare(out, ref)
+            del out
     return result
 
 
@@ -313,7 +385,7 @@ def print_part1(args, model_name: str, where: str, capture_seconds: float, rows:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for label, row in rows.items():
         base = "wanda 2:4" if label.endswith("2:4") else "wanda"
-        ratio = f"{row['seconds'] / rows[base]['seconds']:.1f}x" if base in rows else ""
+        ratio = f"{row['seconds'] / rows[base]['seconds']:.2f}x" if base in rows else ""
         print(
             f"| {label} | {row['seconds']:.2f} | {row['seconds_per_layer']:.3f} | "
             f"{row['pass_seconds']:.2f} | "
@@ -323,22 +395,36 @@ def print_part1(args, model_name: str, where: str, capture_seconds: float, rows:
 
 
 def print_part2(part: dict, where: str) -> None:
-    dense, sparse = part["dense"], part["semi_structured"]
-    conv = part["conversion"]
+    runs = part["runs"]
     batch, seqlen = part["tokens"]
+    repeats = len(runs["dense with zeros"]["ms"])
     print(f"\n## Part 2: semi-structured 2:4 inference, {where}")
     print(
         f"Forward of the whole model on {batch} x {seqlen} tokens (logits included), median / best of "
-        f"{len(dense['ms'])} after 2 warm-ups. to_semi_structured: {conv['converted']} projections converted "
-        f"to {conv['weight_class']} in {conv['seconds']:.2f} s, {len(conv['skipped'])} skipped; allocated "
-        f"{conv['allocated_mib_before']:.0f} -> {conv['allocated_mib_after']:.0f} MiB.\n"
+        f"{repeats} after 2 warm-ups; the weights are the last 2:4 method's.\n"
     )
-    print("| weights | median ms | best ms | speedup (median) | peak GPU MiB |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for label, entry, speedup in (("dense with zeros", dense, 1.0), ("semi-structured", sparse, None)):
-        med, best = statistics.median(entry["ms"]), min(entry["ms"])
-        sp = f"{part['speedup_median']:.3f}x" if speedup is None else "1x"
-        print(f"| {label} | {med:.1f} | {best:.1f} | {sp} | {entry['peak_gpu_memory_mb']:.0f} |")
+    print("| weights | median ms | best ms | speedup (median) | peak GPU MiB | linear output contiguous |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for label, run in runs.items():
+        if "error" in run:
+            print(f"| {label} | failed: {run['error']} | | | | |")
+            continue
+        med, best = statistics.median(run["ms"]), min(run["ms"])
+        contiguous = run.get("linear_output_contiguous", True)
+        print(
+            f"| {label} | {med:.1f} | {best:.1f} | {run['speedup_median']:.3f}x | "
+            f"{run['peak_gpu_memory_mb']:.0f} | {contiguous} |"
+        )
+    for label, run in runs.items():
+        conv = run.get("conversion")
+        if conv:
+            print(
+                f"\n{label}: to_semi_structured converted {conv['converted']} projections to "
+                f"{conv['weight_class']} in {conv['seconds']:.2f} s, {len(conv['skipped'])} left dense; "
+                f"allocated {conv['allocated_mib_before']:.0f} -> {conv['allocated_mib_after']:.0f} MiB."
+            )
+            for layer, why in conv["skipped"].items():
+                print(f"- left dense: {layer}: {why}")
     print(
         "\n| logits | max abs diff | mean abs diff | max abs diff / max abs | allclose (bf16 tol) "
         "| argmax agree |"
@@ -346,7 +432,7 @@ def print_part2(part: dict, where: str) -> None:
     print("| --- | ---: | ---: | ---: | --- | ---: |")
     for label, c in part["logits"].items():
         print(
-            f"| {label.replace('_', ' ')} | {c['max_abs_diff']:.3g} | {c['mean_abs_diff']:.3g} | "
+            f"| {label} | {c['max_abs_diff']:.3g} | {c['mean_abs_diff']:.3g} | "
             f"{c['relative_max_diff']:.3g} | {c['allclose_bf16']} "
             f"({c['fraction_outside_bf16_tol']:.2%} out) | "
             f"{c['argmax_agreement']:.2%} |"
@@ -355,27 +441,33 @@ def print_part2(part: dict, where: str) -> None:
         print(f"\nF.linear microbenchmark failed: {part['linear']['error']}")
     else:
         print_linear(part["linear"], batch * seqlen)
-    if conv["skipped"]:
-        print("\nleft dense by to_semi_structured:")
-        for label, why in conv["skipped"].items():
-            print(f"- {label}: {why}")
 
 
 def print_linear(rows: list[dict], tokens: int) -> None:
-    print(f"\nOne F.linear, {tokens} tokens, 2:4 weights of layer 0, median of CUDA events:\n")
-    print("| weight (out x in) | dense ms | dense TFLOP/s | backend | sparse ms | speedup | max abs diff |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    print(
+        f"\nOne F.linear, {tokens} tokens, 2:4 weights of layer 0. ms per call (CUDA events): back-to-back "
+        "(median of 5 loops) / single synchronised call (median); speedup on back-to-back.\n"
+    )
+    print(
+        "| weight (out x in) | dense ms | dense TFLOP/s | backend | sparse ms | speedup | output contiguous "
+        "| max abs diff |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | --- | ---: |")
     for row in rows:
         shape = "x".join(map(str, row["weight"]))
+        dense = row["dense_ms"]
         for backend, entry in row["sparse"].items():
-            head = f"| {row['projection']} {shape} | {row['dense_ms']:.3f} | {row['dense_tflops']:.0f} "
-            head += f"| {backend}"
+            head = (
+                f"| {row['projection']} {shape} | {dense['throughput']:.3f} / {dense['latency']:.3f} | "
+                f"{row['dense_tflops']:.0f} | {backend}"
+            )
             if "error" in entry:
-                print(f"{head} | failed: {entry['error']} | | |")
+                print(f"{head} | failed: {entry['error']} | | | |")
             else:
+                ms = entry["ms"]
                 print(
-                    f"{head} ({entry['class']}) | {entry['ms']:.3f} | {entry['speedup']:.3f}x | "
-                    f"{entry['max_abs_diff']:.3g} |"
+                    f"{head} | {ms['throughput']:.3f} / {ms['latency']:.3f} | {entry['speedup']:.3f}x | "
+                    f"{entry['output_contiguous']} | {entry['max_abs_diff']:.3g} |"
                 )
 
 
