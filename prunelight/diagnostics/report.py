@@ -60,28 +60,34 @@ def compare(runs: list[Path], output: Path) -> list[Path]:
         raise ConfigError("compare needs at least two run folders")
     labels = _labels(runs)
     reports = {label: load(run / "analysis" / "prune.json") for label, run in zip(labels, runs, strict=True)}
-    layers = {
-        label: load(run / "analysis" / "layer_report.json") for label, run in zip(labels, runs, strict=True)
-    }
+    layers = {label: _layer_fractions(run) for label, run in zip(labels, runs, strict=True)}
     corpora: list[str] = []
     for report in reports.values():
         corpora += [c for c in (report["perplexity"].get("pruned") or {}) if c not in corpora]
     lines = [
         "# Comparison",
         "",
-        "| run | criterion | ratio | T | tau | removed | most pruned layer | "
+        "| run | criterion | pattern | target | T | tau | removed | most pruned layer | "
         + " | ".join(f"ppl {c}" for c in corpora)
         + " |",
-        "| --- | --- | ---: | ---: | --- | ---: | --- | " + " | ".join("---:" for _ in corpora) + " |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | --- | " + " | ".join("---:" for _ in corpora) + " |",
     ]
     for label, report in reports.items():
         ranking, ppl = report["ranking"], report["perplexity"].get("pruned") or {}
         worst = max(layers[label]["layers"], key=layer_rate)
         cells = [f"{ppl[c]:.4g}" if c in ppl else "-" for c in corpora]
         tau = "adaptive" if ranking["tau"] is None else ranking["tau"]
-        criterion, removed = report["importance"]["criterion"], report["parameters"]["ratio"]
+        criterion = report["importance"]["criterion"]
+        if report.get("kind") == "sparse":  # zeroed weights of the prunable projections
+            pattern, target, removed = (
+                report["sparsity"]["pattern"],
+                report["sparsity_target"],
+                report["sparsity_reached"],
+            )
+        else:  # removed parameters of the whole model
+            pattern, target, removed = "structured", ranking["ratio"], report["parameters"]["ratio"]
         lines.append(
-            f"| {label} | {criterion} | {ranking['ratio']} | {ranking['temperature']} | {tau} "
+            f"| {label} | {criterion} | {pattern} | {target:.4g} | {ranking['temperature']} | {tau} "
             f"| {removed:.1%} | {worst['layer']} ({layer_rate(worst):.0%}) | " + " | ".join(cells) + " |"
         )
     dense = next((r["perplexity"]["dense"] for r in reports.values() if r["perplexity"].get("dense")), None)
@@ -96,6 +102,25 @@ def compare(runs: list[Path], output: Path) -> list[Path]:
     table = output / "compare.md"
     table.write_text("\n".join(lines))
     return [table, plots.compare_rates(layers, output / "compare_rates.png")]
+
+
+def _layer_fractions(run: Path) -> dict[str, Any]:
+    """Per layer, parameters before and after: the layer report of a structured run; for a sparse run, its
+    measured zeros (and removed structures) out of the dense projection weights."""
+    sparsity = run / "analysis" / "sparsity.json"
+    if not sparsity.is_file():
+        return load(run / "analysis" / "layer_report.json")
+    entries = load(sparsity)["layers"]
+    return {
+        "layers": [
+            {
+                "layer": e["layer"],
+                "params_before": e["dense"],
+                "params_after": e["dense"] - e["zeros"] - e["removed"],
+            }
+            for e in entries
+        ]
+    }
 
 
 def _labels(runs: list[Path]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -246,6 +247,13 @@ def test_the_cli_writes_a_folder_whose_model_reloads_with_its_zeros(tiny_llama, 
     summary = (run / "summary.md").read_text()
     assert "hybrid" in summary and "| pruned | 50.00% |" in summary
     assert report["perplexity"]["pruned"]["wikitext2"] > 0
+
+    main(["report", str(run)])  # rebuilt from analysis/ alone: the same summary
+    assert (run / "summary.md").read_text() == summary
+    shutil.copytree(run, tmp_path / "copy")
+    main(["compare", str(run), str(tmp_path / "copy"), "--output", str(tmp_path / "compare")])
+    table = (tmp_path / "compare/compare.md").read_text()
+    assert "| wanda | hybrid | 0.5 |" in table and "| 50.0% |" in table
 
     import prunelight
 
