@@ -307,7 +307,6 @@ def semi_structured_part(model, adapter, ids: torch.Tensor, args, device: torch.
     reset_peak_memory(device)
     times, dense_logits = time_forward(model, ids, args.repeats, device)
     result["runs"]["dense with zeros"] = {"ms": [t * 1e3 for t in times], **peak_memory(device)}
-    allocated = torch.cuda.memory_allocated(device)
 
     # bf16 noise floor: the same dense-with-zeros weights in fp32 (parameters only: the buffers, rotary
     # frequencies included, stay as they are; bf16 -> fp32 -> bf16 is exact)
@@ -319,6 +318,7 @@ def semi_structured_part(model, adapter, ids: torch.Tensor, args, device: torch.
         p.data = p.data.to(dense_logits.dtype)
     logits = {"dense with zeros": dense_logits.cpu()}  # off the GPU, so that every peak holds the same
     del dense_logits
+    allocated = torch.cuda.memory_allocated(device)  # the dense-with-zeros model alone
 
     for variant, fuse in VARIANTS.items():
         for layer, saved in zip(layers, dense_weights, strict=True):

@@ -10,14 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from prunelight.diagnostics import plots
 from prunelight.diagnostics.schema import load
-from prunelight.diagnostics.tensorboard import FOLDER, hyperparameters
-
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, hyperparameters
+from prunelight.importance.inputs import PROJECTIONS
 
 
 def write_sparse_report(run_dir: Path) -> list[Path]:
@@ -32,11 +30,7 @@ def write_sparse_report(run_dir: Path) -> list[Path]:
 
 
 def _tensorboard(run_dir: Path, sparsity: dict[str, Any], report: dict[str, Any]) -> Path:
-    folder = run_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("events.out.tfevents.*"):
-        old.unlink()
-    writer = SummaryWriter(log_dir=str(folder))
+    writer = fresh_writer(run_dir)
     try:
         for entry in sparsity["layers"]:
             writer.add_scalar("sparsity/layer", entry["sparsity"], entry["layer"])
@@ -52,7 +46,7 @@ def _tensorboard(run_dir: Path, sparsity: dict[str, Any], report: dict[str, Any]
             writer.add_scalar(tag, value, 0)
     finally:
         writer.close()
-    return folder
+    return run_dir / FOLDER
 
 
 def sparse_summary(report: dict[str, Any], sparsity: dict[str, Any]) -> str:

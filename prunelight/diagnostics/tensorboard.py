@@ -51,15 +51,20 @@ def hyperparameters(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, f
     return params, metrics
 
 
-def write_tensorboard(
-    run_dir: Path, statistics: dict[str, Any], layer_report: dict[str, Any], report: dict[str, Any]
-) -> Path:
-    """Write the events; return their folder."""
+def fresh_writer(run_dir: Path) -> SummaryWriter:
+    """A writer into ``tb/diagnostics/`` with the old events removed, so a rebuild replaces them."""
     folder = run_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("events.out.tfevents.*"):
         old.unlink()
-    writer = SummaryWriter(log_dir=str(folder))
+    return SummaryWriter(log_dir=str(folder))
+
+
+def write_tensorboard(
+    run_dir: Path, statistics: dict[str, Any], layer_report: dict[str, Any], report: dict[str, Any]
+) -> Path:
+    """Write the events; return their folder."""
+    writer = fresh_writer(run_dir)
     try:
         for entry in statistics["layers"]:
             step = entry["layer"]
@@ -99,4 +104,4 @@ def write_tensorboard(
             _scalar(writer, tag, value, 0)
     finally:
         writer.close()
-    return folder
+    return run_dir / FOLDER

@@ -25,6 +25,7 @@ the constraint that binds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -70,6 +71,20 @@ class Constraints:
     def capacity(self, sizes: list[int], params: list[int]) -> int:
         """Most parameters of this kind the constraints let go."""
         return sum(c * p for c, p in zip(self.max_counts(sizes), params, strict=True))
+
+
+def bisect_increasing(
+    value: Callable[[float], float], target: float, low: float, high: float, steps: int = 100
+) -> float:
+    """The least ``x`` in ``[low, high]`` (to ``(high - low) / 2**steps``) with ``value(x) >= target``, for a
+    non-decreasing ``value``: the common rate or shift that makes clamped per-layer amounts meet a total."""
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if value(middle) < target:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def check_limits(kind: str, sizes: list[int], constraints: Constraints) -> None:
@@ -215,14 +230,7 @@ def uniform_counts(
     total = sum(c * p for c, p in zip(counts, params, strict=True))
     if total >= target:
         return counts
-    lo, hi = 0.0, 1.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if removed_at(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    rate = hi
+    rate = bisect_increasing(removed_at, target, 0.0, 1.0)
     counts = [
         min(max(math.floor(rate * n + _ROUND), a), b)
         for n, a, b in zip(sizes, min_counts, max_counts, strict=True)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from prunelight.errors import ConfigError
-from prunelight.ranking.allocation import Constraints
+from prunelight.ranking.allocation import Constraints, bisect_increasing
 
 MAX_LAYER_SPARSITY = 0.99
 """A layer never loses more than this, whatever ``max_rate`` says (a fully zero layer is layer removal)."""
@@ -65,14 +65,7 @@ def allocate_sparsity(
     def mean(shift: float) -> float:
         return sum(n * s for n, s in zip(sizes, at(shift), strict=True)) / total
 
-    left, right = -1.0 - max(raw), 1.0 - min(raw)
-    for _ in range(200):
-        middle = (left + right) / 2
-        if mean(middle) < target:
-            left = middle
-        else:
-            right = middle
-    return at((left + right) / 2)
+    return at(bisect_increasing(mean, target, -1.0 - max(raw), 1.0 - min(raw), steps=200))
 
 
 def outlier_ratio(scores: Sequence[torch.Tensor], m: float) -> float:

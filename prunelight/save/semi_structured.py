@@ -48,5 +48,13 @@ def to_semi_structured(model: nn.Module, adapter: FamilyAdapter) -> dict[str, An
             except (RuntimeError, ValueError) as err:  # shapes the kernels cannot tile
                 skipped[label] = str(err).splitlines()[0]
                 continue
+            # cuSPARSELt returns the product as a transposed, non-contiguous view; attention then falls back
+            # from its fused kernels to the fp32 math path, which made a 7B-shape model 2.9x slower than
+            # dense on an H100 (benchmarks/sparse_pruning_time.py). One copy per projection avoids that.
+            linear.register_forward_hook(_contiguous)
             converted.append(label)
     return {"converted": len(converted), "skipped": skipped}
+
+
+def _contiguous(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous()

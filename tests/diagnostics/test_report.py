@@ -109,7 +109,9 @@ def test_report_rebuilds_the_same_files_from_the_json(runs, tmp_path, capsys):
 def test_compare_puts_runs_side_by_side(runs, tmp_path):
     main(["compare", str(runs["taylor"]), str(runs["wanda"]), "--output", str(tmp_path / "cmp")])
     table = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "| taylor | taylor | structured | 0.3 |" in table and "| wanda | wanda | structured | 0.3 |" in table
+    assert (
+        "| taylor | taylor | structured | 0.3 |" in table and "| wanda | wanda | structured | 0.3 |" in table
+    )
     with Image.open(tmp_path / "cmp" / "compare_rates.png") as image:
         assert image.size == SIZES["compare_rates"]
 
