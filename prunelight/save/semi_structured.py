@@ -3,6 +3,8 @@
 The saved checkpoint stays an ordinary dense one with zeros (any tool loads it); the conversion is done in
 memory after loading or pruning. ``to_sparse_semi_structured`` needs a CUDA GPU of compute capability 8.0 or
 newer, fp16/bf16 weights, and shapes it can tile; a layer it cannot take is left dense and reported.
+Measured on an H100 (docs/results.md): 37% less weight memory, but 0.80x the forward speed of dense at 16k
+tokens; the saving is memory, not time, on that stack.
 """
 
 from __future__ import annotations
