@@ -271,8 +271,18 @@ def test_the_cli_writes_a_folder_whose_model_reloads_with_its_zeros(tiny_llama, 
         ("sparsegpt", dict(pattern="nm", calibration="one_pass"), "set sparsity.calibration: sequential"),
         ("wanda", dict(pattern="block", sparsity=0.5, block=(5, 5)), "tiles do not divide"),
         ("wanda", dict(pattern="nm", n=2, m=5), "not a multiple"),
+        ("wanda", dict(pattern="nm", n=2, m=4, semi_structured=True), "needs a CUDA GPU"),
+        ("wanda", dict(pattern="nm", n=4, m=8, semi_structured=True), "2:4 layers only"),
     ],
-    ids=["taylor", "sparsegpt-block", "sparsegpt-one-pass", "tile-size", "m-not-dividing"],
+    ids=[
+        "taylor",
+        "sparsegpt-block",
+        "sparsegpt-one-pass",
+        "tile-size",
+        "m-not-dividing",
+        "semi-structured-on-cpu",
+        "semi-structured-4:8",
+    ],
 )
 def test_bad_input_is_one_clear_error_and_leaves_no_folder(tiny_llama, tmp_path, criterion, options, message):
     with pytest.raises(ConfigError, match=message):
@@ -303,3 +313,15 @@ def test_a_sparse_criterion_without_a_sparse_pattern_is_an_error(tiny_llama, tmp
     trainer = PrunelightTrainer(accelerator="cpu", logger=False, default_root_dir=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match="add a sparsity"):
         trainer.prune(module, data, importance=ImportanceSettings("sparsegpt"), evaluation=None)
+
+
+def test_two_four_check_sees_every_group():
+    from prunelight.save.semi_structured import is_two_four
+
+    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]])
+    assert is_two_four(weight)
+    weight[0, 5] = 1.0
+    assert is_two_four(weight)
+    weight[0, 4] = 1.0  # the second group now has 3 non-zeros
+    assert not is_two_four(weight)
+    assert not is_two_four(torch.ones(2, 6))  # inputs not a multiple of 4
