@@ -99,33 +99,14 @@ def run_sparse(
             write_json(analysis / "plan.json", structured.to_dict())
             write_json(analysis / "layer_report.json", layer_report(calibrated.table, structured))
 
-    sizes = [sum(layer.values()) for layer in projection_sizes(model, adapter)]
-    dense_total = sum(sum(layer.values()) for layer in dense_sizes)
-    rest = max(0.0, target * dense_total - (dense_total - sum(sizes))) / sum(sizes)
     one_pass: list[LayerInputs] | None = None
+    if sparsity.allocation == "owl" and criterion != "magnitude":
+        one_pass = _one_pass(trainer, module, datamodule, hessian=False)
+        calibration["passes"].append("OWL outlier ratios (one pass)")
+    ratios, layer_sparsity, projections = _layer_targets(
+        model, adapter, dense_sizes, sparsity, ranking, one_pass
+    )
     needs_inputs = criterion != "magnitude"
-    if sparsity.allocation == "owl":
-        if needs_inputs:
-            one_pass = _one_pass(trainer, module, datamodule, hessian=False)
-            calibration["passes"].append("OWL outlier ratios (one pass)")
-        ratios = [
-            outlier_ratio(_layer_scores(model, adapter, index, one_pass, criterion), sparsity.owl_m)
-            for index in range(len(sizes))
-        ]
-        raw = owl_sparsities(ratios, rest, sparsity.owl_lambda)
-    else:
-        ratios, raw = None, [rest] * len(sizes)
-    bounds = layer_bounds(layer_constraints(ranking, len(sizes)), len(sizes))
-    projections: list[dict[str, float] | None] = [None] * len(sizes)
-    if sparsity.pattern == "nm":
-        layer_sparsity = [0.0 if high == 0 else target for _, high in bounds]
-    else:
-        layer_sparsity = allocate_sparsity(raw, sizes, rest, bounds)
-        current = projection_sizes(model, adapter)
-        units = removal_units(model, adapter, sparsity.pattern, sparsity.comparison, sparsity.block)
-        zeros = round(target * dense_total) - (dense_total - sum(sizes))
-        counts = projection_counts(layer_sparsity, current, units, max(zeros, 0))
-        projections = [{p: c / current[i][p] for p, c in row.items()} for i, row in enumerate(counts)]
     tier_fraction = (
         sparsity.blocks_share / (1.0 - sparsity.structures_share) if sparsity.structures_share < 1 else 0.0
     )
@@ -234,6 +215,47 @@ def run_sparse(
     return report
 
 
+def _layer_targets(
+    model: torch.nn.Module,
+    adapter: Any,
+    dense_sizes: list[dict[str, int]],
+    sparsity: SparsitySettings,
+    ranking: RankingConfig,
+    one_pass: list[LayerInputs] | None,
+) -> tuple[list[float] | None, list[float], list[dict[str, float] | None]]:
+    """Each layer's sparsity and each projection's exact share of what is still to go.
+
+    What structures already removed counts towards the target; the rest is spread over the remaining
+    weights (uniformly or by OWL, under the ranking's limits), then rounded to whole removal units across
+    all projections at once (:func:`projection_counts`). Returns OWL's outlier ratios (or None), the layer
+    sparsities and the per-projection sparsities (None for N:M, whose layers are all ``1 - n/m``).
+    """
+    target = sparsity.target
+    current = projection_sizes(model, adapter)
+    sizes = [sum(layer.values()) for layer in current]
+    dense_total = sum(sum(layer.values()) for layer in dense_sizes)
+    rest = max(0.0, target * dense_total - (dense_total - sum(sizes))) / sum(sizes)
+    ratios = None
+    raw = [rest] * len(sizes)
+    if sparsity.allocation == "owl":
+        ratios = [
+            outlier_ratio(_layer_scores(model, adapter, index, one_pass), sparsity.owl_m)
+            for index in range(len(sizes))
+        ]
+        raw = owl_sparsities(ratios, rest, sparsity.owl_lambda)
+    bounds = layer_bounds(layer_constraints(ranking, len(sizes)), len(sizes))
+    if sparsity.pattern == "nm":
+        return ratios, [0.0 if high == 0 else target for _, high in bounds], [None] * len(sizes)
+    layer_sparsity = allocate_sparsity(raw, sizes, rest, bounds)
+    units = removal_units(model, adapter, sparsity.pattern, sparsity.comparison, sparsity.block)
+    zeros = round(target * dense_total) - (dense_total - sum(sizes))
+    counts = projection_counts(layer_sparsity, current, units, max(zeros, 0))
+    projections: list[dict[str, float] | None] = [
+        {p: c / current[i][p] for p, c in row.items()} for i, row in enumerate(counts)
+    ]
+    return ratios, layer_sparsity, projections
+
+
 def _loaded(module: CalibrationModule, device: torch.device) -> torch.nn.Module:
     """The model, loaded and on the run's device (a magnitude run never goes through the test loop)."""
     if module.model is None:
@@ -252,7 +274,7 @@ def _one_pass(
 
 
 def _layer_scores(
-    model: torch.nn.Module, adapter: Any, index: int, inputs: list[LayerInputs] | None, criterion: str
+    model: torch.nn.Module, adapter: Any, index: int, inputs: list[LayerInputs] | None
 ) -> list[torch.Tensor]:
     """The element scores OWL counts outliers in: Wanda's (SparseGPT's runs too, as in OWL), or |W|."""
     modules = adapter.modules(adapter.decoder_layers(model)[index])
