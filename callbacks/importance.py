@@ -7,6 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from callbacks.layer_inputs import sum_across_ranks
 from prunelight.errors import ConfigError
 from prunelight.importance import Calibrated, ImportanceAccumulator, criterion_info
 
@@ -68,7 +69,7 @@ class ImportanceCallback(L.Callback):
         assert self.accumulator is not None
         self.accumulator.detach()
         strategy = trainer.strategy
-        self.accumulator.reduce(lambda t: strategy.reduce(t, reduce_op="sum"), lambda t: _max(strategy, t))
+        self.accumulator.reduce(sum_across_ranks(trainer), lambda t: _max(strategy, t))
         self.result = self.accumulator.result()
 
     def on_exception(

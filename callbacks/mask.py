@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from prunelight.errors import ConfigError
+from prunelight.importance.inputs import PROJECTIONS
 from prunelight.models.adapters import adapter_for
-
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-"""The :class:`~prunelight.models.adapters.LayerModules` fields a sparse pruning masks."""
 
 _Target = tuple[str, nn.Parameter, torch.Tensor]
 

@@ -10,11 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch.utils.tensorboard.summary import hparams
-
 from prunelight.diagnostics import plots
 from prunelight.diagnostics.schema import load
-from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, hyperparameters
+from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, write_hparams
 from prunelight.importance.inputs import PROJECTIONS
 
 
@@ -36,14 +34,7 @@ def _tensorboard(run_dir: Path, sparsity: dict[str, Any], report: dict[str, Any]
             writer.add_scalar("sparsity/layer", entry["sparsity"], entry["layer"])
             for name, row in entry["projections"].items():
                 writer.add_scalar(f"sparsity/{name}", row["sparsity"], entry["layer"])
-        params, metrics = hyperparameters(report)
-        for key, value in (report.get("sparsity") or {}).items():
-            params[f"sparsity/{key}"] = value if isinstance(value, bool | int | float | str) else str(value)
-        metrics["sparsity/reached"] = float(sparsity["overall"]["sparsity"])
-        for summary in hparams(params, metrics):
-            writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            writer.add_scalar(tag, value, 0)
+        write_hparams(writer, report)
     finally:
         writer.close()
     return run_dir / FOLDER

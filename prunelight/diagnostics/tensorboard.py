@@ -36,7 +36,7 @@ def _hparam_value(value: Any) -> int | float | str | bool:
 def hyperparameters(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     """Settings as flat ``section/key`` hparams; final perplexities and the removed fraction as metrics."""
     params: dict[str, Any] = {}
-    for section in ("importance", "ranking"):
+    for section in ("importance", "ranking", "sparsity"):  # sparsity: mask runs only
         for key, value in (report.get(section) or {}).items():
             params[f"{section}/{key}"] = _hparam_value(value)
     calibration = report.get("calibration") or {}
@@ -45,6 +45,8 @@ def hyperparameters(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, f
             params[f"calibration/{key}"] = _hparam_value(calibration[key])
     params["compensation"] = bool(report.get("compensation"))
     metrics = {"parameters/removed_fraction": float(report["parameters"]["ratio"])}
+    if "sparsity_reached" in report:
+        metrics["sparsity/reached"] = float(report["sparsity_reached"])
     for which, values in (report.get("perplexity") or {}).items():
         for corpus, value in (values or {}).items():
             metrics[f"perplexity/{which}/{corpus}"] = float(value)
@@ -58,6 +60,15 @@ def fresh_writer(run_dir: Path) -> SummaryWriter:
     for old in folder.glob("events.out.tfevents.*"):
         old.unlink()
     return SummaryWriter(log_dir=str(folder))
+
+
+def write_hparams(writer: SummaryWriter, report: dict[str, Any]) -> None:
+    """The run's settings as hparams, with its final numbers as metrics (also as step-0 scalars)."""
+    params, metrics = hyperparameters(report)
+    for summary in hparams(params, metrics):
+        writer.file_writer.add_summary(summary)
+    for tag, value in metrics.items():
+        _scalar(writer, tag, value, 0)
 
 
 def write_tensorboard(
@@ -96,12 +107,7 @@ def write_tensorboard(
                         _scalar(
                             writer, f"ranking/{kind}/{stage}_mean", entry[kind]["scores"][stage]["mean"], step
                         )
-        params, metrics = hyperparameters(report)
-        experiment, start, end = hparams(params, metrics)
-        for summary in (experiment, start, end):
-            writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            _scalar(writer, tag, value, 0)
+        write_hparams(writer, report)
     finally:
         writer.close()
     return run_dir / FOLDER
