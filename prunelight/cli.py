@@ -29,17 +29,18 @@ class Subcommand:
 
 
 _PERPLEXITY = ("prunelight.evaluate.PerplexityModule", "prunelight.data.datamodule.PerplexityDataModule")
+_FINETUNE = ("prunelight.finetune.FinetuneModule", "prunelight.finetune.LanguageModelingDataModule")
+_CALIBRATION = ("prunelight.calibration.CalibrationModule", "prunelight.calibration.CalibrationDataModule")
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "fit": Subcommand(None, None, frozenset({"model", "train_dataloaders", "val_dataloaders", "datamodule"})),
+    "fit": Subcommand(*_FINETUNE, frozenset({"model", "train_dataloaders", "val_dataloaders", "datamodule"})),
     "validate": Subcommand(*_PERPLEXITY, frozenset({"model", "dataloaders", "datamodule"})),
     "test": Subcommand(*_PERPLEXITY, frozenset({"model", "dataloaders", "datamodule"})),
     "predict": Subcommand(None, None, frozenset({"model", "dataloaders", "datamodule"})),
     "evaluate": Subcommand(*_PERPLEXITY),
-    "prune": Subcommand(
-        "prunelight.calibration.CalibrationModule", "prunelight.calibration.CalibrationDataModule"
-    ),
-    # finetune / pipeline: a PrunelightTrainer method plus one entry here.
+    "prune": Subcommand(*_CALIBRATION),
+    "finetune": Subcommand(*_FINETUNE),
+    "pipeline": Subcommand(*_CALIBRATION),
 }
 
 

@@ -13,8 +13,11 @@ import lightning as L
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
+from prunelight.finetune.lora import LoraSettings
+from prunelight.finetune.module import TrainingSettings
 from prunelight.importance import Calibrated
 from prunelight.ranking import RankingConfig
+from prunelight.stages.finetune import RecoverySettings
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
 
 
@@ -139,6 +142,78 @@ class PrunelightTrainer(L.Trainer):
                 evaluation,
                 save_model,
                 diagnosis,
+            )
+
+
+    def finetune(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        ckpt_path: str | None = None,
+        recovery: RecoverySettings = RecoverySettings(),  # noqa: B008
+        evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
+    ) -> dict[str, Any]:
+        """Evaluate, fine-tune with LoRA, merge, evaluate again and save, into ``default_root_dir``.
+
+        Args:
+            model: a :class:`~prunelight.finetune.FinetuneModule` (LoRA settings and optimiser).
+            datamodule: a :class:`~prunelight.finetune.LanguageModelingDataModule` or
+                :class:`~prunelight.finetune.InstructionDataModule`.
+            ckpt_path: a Lightning checkpoint of an earlier run of the same settings to resume from.
+            recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
+            evaluation: perplexity (and zero-shot) before and after; None skips it.
+        """
+        from prunelight.stages.finetune import run_finetune, write_finetune_summary
+
+        with _removed_on_failure(Path(self.default_root_dir)):
+            report = run_finetune(self, model, datamodule, recovery, evaluation, ckpt_path)
+            if self.is_global_zero:
+                write_finetune_summary(Path(self.default_root_dir), report)
+            return report
+
+    def pipeline(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        importance: ImportanceSettings = ImportanceSettings(),  # noqa: B008
+        ranking: RankingConfig = RankingConfig(),  # noqa: B008
+        compensation: bool = False,
+        sparsity: SparsitySettings | None = None,
+        evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
+        diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
+        lora: LoraSettings = LoraSettings(),  # noqa: B008
+        training: TrainingSettings = TrainingSettings(),  # noqa: B008
+        recovery: RecoverySettings = RecoverySettings(),  # noqa: B008
+        finetune_data: L.LightningDataModule | None = None,
+    ) -> dict[str, Any]:
+        """prune -> evaluate -> fine-tune -> evaluate, into one results folder with one ``summary.md`` table
+        (dense / pruned / recovered: parameters, perplexities, zero-shot accuracies).
+
+        ``model``/``datamodule`` and the prune settings are those of ``prune``; ``lora``, ``training`` and
+        ``recovery`` those of ``finetune``; ``finetune_data`` its data (default: a
+        :class:`~prunelight.finetune.LanguageModelingDataModule` on WikiText-2 train). The fine-tuning runs
+        on the pruned model in memory; ``trainer`` settings (``max_steps``, ``accumulate_grad_batches``,
+        ``precision``, ``val_check_interval``) apply to it.
+        """
+        from prunelight.stages.pipeline import run_pipeline
+
+        with _removed_on_failure(Path(self.default_root_dir)):
+            return run_pipeline(
+                self,
+                model,
+                datamodule,
+                {
+                    "importance": importance,
+                    "ranking": ranking,
+                    "compensation": compensation,
+                    "sparsity": sparsity,
+                    "evaluation": evaluation,
+                    "diagnosis": diagnosis,
+                },
+                lora,
+                training,
+                recovery,
+                finetune_data,
             )
 
 

@@ -16,6 +16,7 @@ from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.diagnostics.tensorboard import write_tensorboard
 from prunelight.errors import ConfigError
 from prunelight.io import write_json
+from prunelight.stages.recovery_report import recovery_section
 from prunelight.stages.report import layer_rate, summary_markdown
 
 VISUALIZATION = "visualization"
@@ -47,7 +48,7 @@ def write_diagnostics(run_dir: Path) -> list[Path]:
         write_tensorboard(run_dir, statistics, layers, report),
     ]
     summary = run_dir / "summary.md"
-    summary.write_text(summary_markdown(report, layers, diagnosis))
+    summary.write_text(recovery_section(run_dir) + summary_markdown(report, layers, diagnosis))
     return [*written, summary]
 
 

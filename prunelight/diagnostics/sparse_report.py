@@ -14,6 +14,8 @@ from prunelight.diagnostics import plots
 from prunelight.diagnostics.schema import load
 from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, write_hparams
 from prunelight.importance.inputs import PROJECTIONS
+from prunelight.stages.recovery_report import recovery_section
+from prunelight.stages.report import zero_shot_lines
 
 
 def write_sparse_report(run_dir: Path) -> list[Path]:
@@ -23,7 +25,7 @@ def write_sparse_report(run_dir: Path) -> list[Path]:
     written = [plots.sparsity_layers(sparsity, run_dir / "visualization" / "sparsity.png")]
     written.append(_tensorboard(run_dir, sparsity, report))
     summary = run_dir / "summary.md"
-    summary.write_text(sparse_summary(report, sparsity))
+    summary.write_text(recovery_section(run_dir) + sparse_summary(report, sparsity))
     return [*written, summary]
 
 
@@ -57,6 +59,7 @@ def sparse_summary(report: dict[str, Any], sparsity: dict[str, Any]) -> str:
         values = ppl.get(which) or {}
         cells = " | ".join(f"{values[c]:.4f}" if c in values else "-" for c in corpora)
         lines.append(f"| {which} | {value:.2%} | {cells} |")
+    lines += zero_shot_lines(report)
     tiers = (
         f"{overall['removed']:,} removed as structures, {overall['tile_zeros']:,} zeroed as whole "
         f"{settings['block'][0]}x{settings['block'][1]} tiles, "

@@ -10,21 +10,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
-from prunelight.data.datamodule import PerplexityDataModule
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
-from prunelight.evaluate import PerplexityModule
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
+from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
 from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
 
@@ -50,6 +48,7 @@ def run_prune(
             f"criterion {importance.criterion!r} prunes single weights, not structures; add a sparsity "
             "section (sparsity.pattern: unstructured or nm) or pick a structured criterion"
         )
+    check_zero_shot(evaluation)
     run_dir = Path(trainer.default_root_dir)
     (run_dir / "summary.md").unlink(missing_ok=True)
 
@@ -74,9 +73,7 @@ def run_prune(
     }
     model = module.model
     dense_params = sum(p.numel() for p in model.parameters())
-    dense_ppl = (
-        evaluate_perplexity(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
-    )
+    dense = evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
 
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
@@ -86,7 +83,7 @@ def run_prune(
     apply_plan(model, result.plan, compensation=means if compensation else None)
     apply_seconds = time.perf_counter() - start
     pruned_params = sum(p.numel() for p in model.parameters())
-    pruned_ppl = evaluate_perplexity(trainer, module, evaluation, "pruned") if evaluation else None
+    pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
 
     analysis = run_dir / "analysis"
     report = {
@@ -97,7 +94,8 @@ def run_prune(
             "ratio": 1 - pruned_params / dense_params,
         },
         "prunable": {"target": result.target_params, "removed": result.removed_params},
-        "perplexity": {"dense": dense_ppl, "pruned": pruned_ppl},
+        "perplexity": {"dense": part_of(dense, "perplexity"), "pruned": part_of(pruned, "perplexity")},
+        "zero_shot": {"dense": part_of(dense, "zero_shot"), "pruned": part_of(pruned, "zero_shot")},
         "calibration": calibration,
         "importance": vars(importance),
         "ranking": vars(ranking),
@@ -131,13 +129,8 @@ def check_modules(module: object, datamodule: object) -> None:
         raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")
 
 
-def evaluate_perplexity(
+def evaluate(
     trainer: PrunelightTrainer, module: CalibrationModule, settings: EvaluationSettings, which: str
 ) -> dict[str, Any]:
-    """Perplexity of ``module``'s model as it is now, written to ``analysis/perplexity_<which>.json``."""
-    evaluator = PerplexityModule.from_model(module.model, module.tokenizer, module.spec.name)
-    data = PerplexityDataModule(
-        settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows
-    )
-    trainer.measure_perplexity(evaluator, data, EvaluationReport(f"analysis/perplexity_{which}.json"))
-    return {name: r["perplexity"] for name, r in evaluator.results["test"].items()}
+    """Perplexity (and zero-shot, if set) of ``module``'s model as it is now (``analysis/*_<which>.json``)."""
+    return evaluate_model(trainer, module.model, module.tokenizer, module.spec.name, settings, which)

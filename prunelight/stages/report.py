@@ -8,6 +8,7 @@ from typing import Any
 from prunelight.ranking import RankingResult
 from prunelight.ranking.rank import STAGES
 from prunelight.ranking.table import GroupTable
+from prunelight.stages.recovery_report import results_table, zero_shot_note
 
 
 def layer_report(table: GroupTable, result: RankingResult) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def summary_markdown(
         values = ppl.get(which) or {}
         cells = " | ".join(f"{values[c]:.4f}" if c in values else "-" for c in (ppl["pruned"] or {}))
         lines.append(f"| {which} | {params[which]:,} | {cells} |")
+    lines += zero_shot_lines(report)
     evaluation = report.get("evaluation") or {}
     lines += [
         "",
@@ -127,3 +129,14 @@ def _diagnosis_lines(diagnosis: dict[str, Any] | None) -> list[str]:
             f"- **{issue['severity']}** {issue['id']}: {issue['message']}. Fix: {issue['recommendation']}."
         )
     return [*lines, ""] if diagnosis["issues"] else lines
+
+
+def zero_shot_lines(report: dict[str, Any]) -> list[str]:
+    """The dense and pruned zero-shot accuracies, when the run measured them."""
+    measured = report.get("zero_shot") or {}
+    rows = [
+        {"name": which, "parameters": report["parameters"][which], "zero_shot": measured[which]}
+        for which in ("dense", "pruned")
+        if measured.get(which)
+    ]
+    return ["", *results_table(rows), "", *zero_shot_note(rows)] if rows else []

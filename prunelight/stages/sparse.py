@@ -42,7 +42,8 @@ from prunelight.ranking.sparsity import (
     projection_counts,
 )
 from prunelight.save import save_pruned
-from prunelight.stages.prune import check_modules, evaluate_perplexity
+from prunelight.stages.evaluation import check_zero_shot, part_of
+from prunelight.stages.prune import check_modules, evaluate
 from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
 
@@ -68,6 +69,7 @@ def run_sparse(
     sparsity.check_criterion(criterion)
     if sparsity.semi_structured:
         _check_semi_structured(sparsity, trainer)
+    check_zero_shot(evaluation)
     run_dir = Path(trainer.default_root_dir)
     (run_dir / "summary.md").unlink(missing_ok=True)
     device = trainer.strategy.root_device
@@ -79,9 +81,7 @@ def run_sparse(
     adapter = module.adapter
     dense_sizes = projection_sizes(model, adapter)
     dense_params = sum(p.numel() for p in model.parameters())
-    dense_ppl = (
-        evaluate_perplexity(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
-    )
+    dense = evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
     target = sparsity.target
     structured = None
     calibration: dict[str, Any] = {"criterion": criterion, "passes": []}
@@ -175,7 +175,8 @@ def run_sparse(
         },
         "sparsity_reached": measured["overall"]["sparsity"],
         "sparsity_target": target,
-        "perplexity": {"dense": dense_ppl, "pruned": None},
+        "perplexity": {"dense": part_of(dense, "perplexity"), "pruned": None},
+        "zero_shot": {"dense": part_of(dense, "zero_shot"), "pruned": None},
         "calibration": calibration,
         "importance": vars(importance),
         "sparsity": {**vars(sparsity), "block": list(sparsity.block)},
@@ -207,7 +208,9 @@ def run_sparse(
 
         report["semi_structured_layers"] = to_semi_structured(model, adapter)
     if evaluation:
-        report["perplexity"]["pruned"] = evaluate_perplexity(trainer, module, evaluation, "pruned")
+        pruned = evaluate(trainer, module, evaluation, "pruned")
+        report["perplexity"]["pruned"] = pruned["perplexity"]
+        report["zero_shot"]["pruned"] = pruned["zero_shot"]
     if trainer.is_global_zero:
         write_json(analysis / "prune.json", report)
         write_sparse_report(run_dir)  # plot, TensorBoard, and summary.md last

@@ -1,0 +1,186 @@
+"""Recovery fine-tuning as a LightningModule: LoRA adapters on a (pruned) causal LM, next-token loss.
+
+The base weights stay frozen; only the adapters train, so a checkpoint holds the adapters and the optimiser
+state, not a second copy of the model. Lightning does the rest: precision (``bf16-mixed``), gradient
+accumulation, checkpointing and resume (``ckpt_path``), DDP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from prunelight.errors import ConfigError
+from prunelight.evaluate.perplexity import Perplexity
+from prunelight.finetune.lora import LoraSettings, add_lora
+from prunelight.models.module import CausalLMModule
+from prunelight.models.spec import DType
+
+
+@dataclass
+class TrainingSettings:
+    """The optimiser and what the forward pass keeps.
+
+    Attributes:
+        learning_rate: AdamW's peak learning rate for the adapters.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: optimiser steps of linear warm-up from 0.
+        scheduler: after warm-up, ``cosine`` decays to 0 at the trainer's last step, ``constant`` keeps it.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% more time).
+    """
+
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+class FinetuneModule(CausalLMModule):
+    """LoRA fine-tuning of the model at ``path`` (a pruned model folder loads like any other).
+
+    Batches are dicts with ``input_ids`` and ``labels`` (``-100`` where no loss is taken) and optionally
+    ``attention_mask``, as :mod:`prunelight.finetune.data` makes them. Logged: ``train/loss`` every step,
+    ``val/loss`` and ``val/ppl`` (a torchmetrics :class:`~prunelight.evaluate.perplexity.Perplexity` over
+    the labelled tokens) every validation.
+
+    Args:
+        path: a zoo name, a model folder (a pruned one too), a ``.gguf`` file or a hub id.
+        gguf_file: a GGUF file inside ``path``.
+        dtype: weights' dtype; keep ``float32`` on a CPU, ``bfloat16`` with ``precision: bf16-true`` on a GPU.
+        trust_remote_code: run code shipped with a hub checkpoint.
+        revision: hub branch, tag or commit.
+        lora: rank, alpha, dropout and target modules of the adapters.
+        training: optimiser, schedule and gradient checkpointing.
+    """
+
+    def __init__(
+        self,
+        path: str = "smollm2-135m",
+        gguf_file: str | None = None,
+        dtype: DType = "auto",
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        lora: LoraSettings = LoraSettings(),  # noqa: B008 (settings are never mutated)
+        training: TrainingSettings = TrainingSettings(),  # noqa: B008
+    ) -> None:
+        super().__init__(path, gguf_file, dtype, None, trust_remote_code, revision)
+        self._init_training(_settings(LoraSettings, lora), _settings(TrainingSettings, training))
+
+    @classmethod
+    def from_model(  # type: ignore[override]
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str = "model",
+        lora: LoraSettings = LoraSettings(),  # noqa: B008
+        training: TrainingSettings = TrainingSettings(),  # noqa: B008
+    ) -> FinetuneModule:
+        """Fine-tune a model already in memory (the pipeline's pruned model) without saving it first."""
+        module = super().from_model(model, tokenizer, name)
+        module._init_training(lora, training)
+        return module
+
+    def _init_training(self, lora: LoraSettings, training: TrainingSettings) -> None:
+        self.lora, self.training_settings = lora, training
+        self.val_perplexity = Perplexity()
+        self.last_train_loss: float | None = None
+        # Checkpoints hold only the adapters (on_save_checkpoint); the frozen base comes from ``path``.
+        self.strict_loading = False
+
+    @property
+    def peft_model(self) -> PeftModel:
+        if not isinstance(self.model, PeftModel):
+            raise RuntimeError("the adapters are added in configure_model; call it (or fit) first")
+        return self.model
+
+    def load_base(self) -> PreTrainedModel:
+        """The base model, loaded if it is not yet (evaluation before training needs it without adapters)."""
+        if self.model is None:
+            super().configure_model()
+        assert self.model is not None
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    def configure_model(self) -> None:
+        if isinstance(self.model, PeftModel):
+            return
+        base = self.load_base()
+        base.requires_grad_(False)
+        if self.training_settings.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        self.model = add_lora(base, self.lora)
+        self.model.train()  # loading leaves the model in eval mode; LoRA dropout needs train mode
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            labels=batch["labels"],
+            use_cache=False,
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.last_train_loss = float(loss.detach())
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["labels"])
+        )
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+        )
+        self.val_perplexity.update(out.logits, batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        summary = self.val_perplexity.summary()
+        self.val_perplexity.reset()
+        self.log("val/loss", summary["nll_mean"], prog_bar=True, sync_dist=False)
+        self.log("val/ppl", summary["perplexity"], prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> Any:
+        settings = self.training_settings
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        name = "cosine" if settings.scheduler == "cosine" else "constant_with_warmup"
+        scheduler = get_scheduler(
+            name, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=int(total)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain values only: torch.load(weights_only=True), which resuming uses, refuses other classes.
+        hparams = checkpoint.get("hyper_parameters") or {}
+        for key, value in hparams.items():
+            if dataclasses.is_dataclass(value):
+                hparams[key] = dataclasses.asdict(value)
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = trainable - set(checkpoint["state_dict"])
+        if missing:
+            raise ConfigError(
+                f"the checkpoint has no weights for {len(missing)} adapter parameters (e.g. "
+                f"{sorted(missing)[0]!r}); resume with the same model and lora settings it was written with"
+            )
+
+
+def _settings(kind: type, value: Any) -> Any:
+    """A settings dataclass from itself or from the plain dict a checkpoint's hyperparameters hold."""
+    return kind(**value) if isinstance(value, dict) else value

@@ -1,0 +1,200 @@
+"""The ``finetune`` stage: evaluate -> LoRA fit -> merge -> evaluate -> save, into one results folder.
+
+Writes ``adapter/`` (peft's adapter files), ``finetuned_model/`` (the merged model; it loads with
+``prunelight.load_pruned``), ``checkpoints/`` (Lightning's, for ``ckpt_path`` resume),
+``analysis/finetune.json``, ``analysis/overfitting.json``, the evaluations of
+:mod:`prunelight.stages.evaluation`, TensorBoard curves under ``tb/`` and, last, ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from callbacks.mask import MaskCallback
+from callbacks.overfitting import MonitorSettings, OverfittingMonitor
+from prunelight.errors import ConfigError
+from prunelight.finetune.module import FinetuneModule
+from prunelight.importance.inputs import PROJECTIONS
+from prunelight.io import write_json
+from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.adapters import adapter_for
+from prunelight.save import save_pruned
+from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
+from prunelight.stages.recovery_report import finetune_summary
+from prunelight.stages.settings import EvaluationSettings
+
+if TYPE_CHECKING:
+    from prunelight.trainer import PrunelightTrainer
+
+SPARSE_ZERO_SHARE = 0.05
+"""``keep_sparsity: null`` keeps the zeros of a model whose projections are at least this share exact zeros
+(a dense checkpoint has essentially none; a sparse-pruned one has its target sparsity)."""
+
+
+@dataclass
+class RecoverySettings:
+    """What the ``finetune`` stage does around Lightning's ``fit``.
+
+    Attributes:
+        monitor: thresholds of the overfitting monitor (warns; ``analysis/overfitting.json``).
+        early_stopping_patience: stop when ``val/loss`` did not improve for this many validations (None: off).
+        keep_sparsity: re-apply the zeros of a sparse model after every step and after the merge
+            (:class:`~callbacks.mask.MaskCallback`); None decides from the weights (at least 5% exact zeros).
+        save_adapter: write the LoRA adapter (``adapter/``).
+        save_merged: write the merged model (``finetuned_model/``).
+    """
+
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    early_stopping_patience: int | None = None
+    keep_sparsity: bool | None = None
+    save_adapter: bool = True
+    save_merged: bool = True
+
+    def __post_init__(self) -> None:
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(
+                "early_stopping_patience must be at least 1 (or null for off), got "
+                f"{self.early_stopping_patience}"
+            )
+
+
+def run_finetune(
+    trainer: PrunelightTrainer,
+    module: FinetuneModule,
+    datamodule: L.LightningDataModule | None,
+    recovery: RecoverySettings,
+    evaluation: EvaluationSettings | None,
+    ckpt_path: str | None = None,
+    before: dict[str, Any] | None = None,
+    labels: tuple[str, str] = ("before", "after"),
+) -> dict[str, Any]:
+    """Run the whole stage; return what ``analysis/finetune.json`` holds.
+
+    ``before`` is an evaluation already made of the same model (the pipeline's pruned model), so it is not
+    repeated; ``labels`` name the two evaluations in file names and tables.
+    """
+    if not isinstance(module, FinetuneModule):
+        raise ConfigError("finetune needs a FinetuneModule as model (the default of the finetune subcommand)")
+    if datamodule is None:
+        raise ConfigError(
+            "finetune needs training data: a data section (LanguageModelingDataModule by default)"
+        )
+    check_zero_shot(evaluation)
+    run_dir = Path(trainer.default_root_dir)
+    analysis = run_dir / "analysis"
+    (run_dir / "summary.md").unlink(missing_ok=True)
+
+    base = module.load_base()
+    parameters = sum(p.numel() for p in base.parameters())
+    masks = _mask_callback(base, recovery.keep_sparsity)
+    if before is None and evaluation is not None and evaluation.dense:
+        before = evaluate_model(trainer, base, module.tokenizer, module.run_name, evaluation, labels[0])
+
+    monitor = OverfittingMonitor(recovery.monitor, analysis / "overfitting.json")
+    callbacks: list[L.Callback] = [monitor] + ([masks] if masks else [])
+    if recovery.early_stopping_patience:
+        callbacks.append(EarlyStopping("val/loss", patience=recovery.early_stopping_patience, mode="min"))
+    _checkpoints_into(trainer, run_dir / "checkpoints")
+    device = trainer.strategy.root_device
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        for callback in callbacks:
+            stack.enter_context(trainer._attached(callback))
+        stack.enter_context(_kept(module))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    memory = peak_memory(device)
+
+    peft_model = module.peft_model
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    if recovery.save_adapter and trainer.is_global_zero:
+        peft_model.save_pretrained(run_dir / "adapter")
+    merged = masks.merge_and_mask(peft_model) if masks else peft_model.merge_and_unload()
+    merged.eval()
+    module.model = merged
+    after = (
+        evaluate_model(trainer, merged, module.tokenizer, module.run_name, evaluation, labels[1])
+        if evaluation is not None
+        else None
+    )
+    report: dict[str, Any] = {
+        "model": module.spec.path,
+        "labels": list(labels),
+        "parameters": parameters,
+        "trainable_parameters": trainable,
+        "lora": vars(module.lora),
+        "training": vars(module.training_settings),
+        "recovery": {**vars(recovery), "monitor": vars(recovery.monitor)},
+        "data": datamodule.describe() if hasattr(datamodule, "describe") else type(datamodule).__name__,
+        "trainer": {
+            "global_step": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "precision": str(trainer.precision),
+            "resumed_from": ckpt_path,
+            "stopped_early": bool(recovery.early_stopping_patience) and trainer.should_stop,
+        },
+        "seconds": fit_seconds,
+        **memory,
+        "perplexity": {labels[0]: part_of(before, "perplexity"), labels[1]: part_of(after, "perplexity")},
+        "zero_shot": {labels[0]: part_of(before, "zero_shot"), labels[1]: part_of(after, "zero_shot")},
+        "overfitting": monitor.report(),
+        "sparsity_kept": _zero_share(merged) if masks else None,
+    }
+    if trainer.is_global_zero:
+        if recovery.save_merged:
+            save_pruned(merged, module.tokenizer, run_dir / "finetuned_model", overwrite=True)
+        write_json(analysis / "overfitting.json", monitor.report())
+        write_json(analysis / "finetune.json", report)
+    trainer.strategy.barrier()
+    return report
+
+
+def write_finetune_summary(run_dir: Path, report: dict[str, Any]) -> Path:
+    summary = run_dir / "summary.md"
+    summary.write_text(finetune_summary(report))
+    return summary
+
+
+def _projection_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    adapter = adapter_for(model)
+    weights = []
+    for layer in adapter.decoder_layers(model):
+        modules = adapter.modules(layer)
+        weights += [getattr(modules, p).weight for p in PROJECTIONS]
+    return weights
+
+
+def _zero_share(model: torch.nn.Module) -> float:
+    weights = _projection_weights(model)
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | None:
+    if keep is False:
+        return None
+    if keep is None and _zero_share(model) < SPARSE_ZERO_SHARE:
+        return None
+    return MaskCallback.from_zeros(model)
+
+
+def _checkpoints_into(trainer: L.Trainer, folder: Path) -> None:
+    """Lightning's checkpoints go to ``<run_dir>/checkpoints`` unless the config chose a folder."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(folder)
+
+
+def _kept(module: L.LightningModule) -> Any:
+    from prunelight.trainer import kept_on_device
+
+    return kept_on_device(module)

@@ -1,0 +1,97 @@
+"""The ``pipeline`` stage: prune -> evaluate -> fine-tune -> evaluate, one YAML, one results folder.
+
+The prune stage writes what it always writes (``pruned_model/``, ``analysis/``, plots); the fine-tuning runs
+on the pruned model still in memory and adds ``adapter/``, ``finetuned_model/`` and its analysis files;
+``analysis/recovery.json`` holds the three rows (dense / pruned / recovered) and ``summary.md`` is rewritten
+last with their table on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+
+from prunelight.diagnostics.report import write_diagnostics
+from prunelight.errors import ConfigError
+from prunelight.finetune.data import InstructionDataModule, LanguageModelingDataModule
+from prunelight.finetune.lora import LoraSettings, target_modules
+from prunelight.finetune.module import FinetuneModule, TrainingSettings
+from prunelight.io import write_json
+from prunelight.stages.finetune import RecoverySettings, run_finetune
+from prunelight.stages.prune import check_modules
+from prunelight.stages.recovery_report import RECOVERY_FILE
+
+if TYPE_CHECKING:
+    from prunelight.trainer import PrunelightTrainer
+
+
+def run_pipeline(
+    trainer: PrunelightTrainer,
+    module: Any,
+    datamodule: Any,
+    prune: dict[str, Any],
+    lora: LoraSettings,
+    training: TrainingSettings,
+    recovery: RecoverySettings,
+    finetune_data: L.LightningDataModule | None,
+) -> dict[str, Any]:
+    """Run the three stages; return ``analysis/recovery.json``'s content."""
+    check_modules(module, datamodule)
+    finetune_data = finetune_data or LanguageModelingDataModule()
+    if not isinstance(finetune_data, (LanguageModelingDataModule, InstructionDataModule)):
+        raise ConfigError(
+            "finetune_data must be a LanguageModelingDataModule or an InstructionDataModule, got "
+            f"{type(finetune_data).__name__}"
+        )
+    target_modules(_config_only_model(module), lora.targets)  # a bad LoRA target fails before pruning
+    run_dir = Path(trainer.default_root_dir)
+    (run_dir / RECOVERY_FILE).unlink(missing_ok=True)
+
+    pruned = trainer.prune(module, datamodule, save_model=True, **prune)
+    evaluation = prune["evaluation"]
+    tuner = FinetuneModule.from_model(module.model, module.tokenizer, module.spec.name, lora, training)
+    before = (
+        {"perplexity": pruned["perplexity"]["pruned"], "zero_shot": pruned["zero_shot"]["pruned"]}
+        if evaluation is not None
+        else None
+    )
+    tuned = run_finetune(
+        trainer, tuner, finetune_data, recovery, evaluation, before=before, labels=("pruned", "recovered")
+    )
+    params = pruned["parameters"]
+    rows = [
+        {"name": "dense", "parameters": params["dense"], **_measured(pruned, "dense")},
+        {"name": "pruned", "parameters": params["pruned"], **_measured(pruned, "pruned")},
+        {
+            "name": "recovered",
+            "parameters": params["pruned"],
+            "perplexity": tuned["perplexity"]["recovered"],
+            "zero_shot": tuned["zero_shot"]["recovered"],
+        },
+    ]
+    recovery_report = {"model": pruned["model"], "rows": rows, "finetune": tuned}
+    if trainer.is_global_zero:
+        write_json(run_dir / RECOVERY_FILE, recovery_report)
+        write_diagnostics(run_dir)  # summary.md last, with the recovery table on top
+    trainer.strategy.barrier()
+    return recovery_report
+
+
+def _measured(report: dict[str, Any], which: str) -> dict[str, Any]:
+    return {
+        "perplexity": (report.get("perplexity") or {}).get(which),
+        "zero_shot": (report.get("zero_shot") or {}).get(which),
+    }
+
+
+def _config_only_model(module: Any) -> Any:
+    """A weightless instance of the model's architecture (meta device) to check LoRA targets against."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if module.model is not None:
+        return module.model
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(module.config)
