@@ -26,6 +26,8 @@ class Subcommand:
     model: str | None
     data: str | None
     skip: frozenset[str] = frozenset({"model", "datamodule"})
+    classes: tuple[tuple[str, str], ...] = ()
+    """Other class-typed arguments of the method and their default classes (so YAML needs no class_path)."""
 
 
 _PERPLEXITY = ("prunelight.evaluate.PerplexityModule", "prunelight.data.datamodule.PerplexityDataModule")
@@ -40,7 +42,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "evaluate": Subcommand(*_PERPLEXITY),
     "prune": Subcommand(*_CALIBRATION),
     "finetune": Subcommand(*_FINETUNE),
-    "pipeline": Subcommand(*_CALIBRATION),
+    "pipeline": Subcommand(*_CALIBRATION, classes=(("finetune_data", _FINETUNE[1]),)),
 }
 
 
@@ -58,6 +60,8 @@ class PrunelightCLI(LightningCLI):
             parser.set_defaults({"model": {"class_path": defaults.model}})
         if defaults.data:
             parser.set_defaults({"data": {"class_path": defaults.data}})
+        for key, class_path in defaults.classes:
+            parser.set_defaults({key: {"class_path": class_path}})
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

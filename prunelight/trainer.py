@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
@@ -28,6 +29,13 @@ class PrunelightTrainer(L.Trainer):
     ``prune``, ``finetune`` and ``pipeline`` join it as methods of this class and as entries of
     :data:`prunelight.cli.SUBCOMMANDS`.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lightning would put checkpoints under the logger's folder (tb/); a run's checkpoints are its own.
+        for callback in self.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(Path(self.default_root_dir).absolute() / "checkpoints")
 
     def evaluate(
         self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None

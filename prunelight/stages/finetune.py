@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 
 from callbacks.mask import MaskCallback
 from callbacks.overfitting import MonitorSettings, OverfittingMonitor
@@ -102,7 +102,6 @@ def run_finetune(
     callbacks: list[L.Callback] = [monitor] + ([masks] if masks else [])
     if recovery.early_stopping_patience:
         callbacks.append(EarlyStopping("val/loss", patience=recovery.early_stopping_patience, mode="min"))
-    _checkpoints_into(trainer, run_dir / "checkpoints")
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
@@ -185,13 +184,6 @@ def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | 
     if keep is None and _zero_share(model) < SPARSE_ZERO_SHARE:
         return None
     return MaskCallback.from_zeros(model)
-
-
-def _checkpoints_into(trainer: L.Trainer, folder: Path) -> None:
-    """Lightning's checkpoints go to ``<run_dir>/checkpoints`` unless the config chose a folder."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-            callback.dirpath = str(folder)
 
 
 def _kept(module: L.LightningModule) -> Any:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from prunelight.data.corpora import CorpusSpec
 from prunelight.errors import ConfigError
+from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.importance.criteria import Criterion
 
 
@@ -40,7 +41,9 @@ class EvaluationSettings:
         seqlen: tokens per window; 2048 makes numbers comparable with the literature.
         max_windows: only the first N windows of each corpus (None: the whole split).
         batch_size: windows per forward pass.
-        dense: also evaluate the model before pruning (the baseline of the summary).
+        dense: also evaluate the model before pruning (the baseline of the summary); for ``finetune``, the
+            model before fine-tuning.
+        zero_shot: lm-eval tasks to run on the same model states (None: perplexity only).
     """
 
     corpora: list[str | CorpusSpec] = field(default_factory=lambda: ["wikitext2"])
@@ -49,6 +52,7 @@ class EvaluationSettings:
     max_windows: int | None = None
     batch_size: int = 1
     dense: bool = True
+    zero_shot: ZeroShotSettings | None = None
 
 
 SparsePattern = Literal["unstructured", "nm", "block", "hybrid"]
