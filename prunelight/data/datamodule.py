@@ -16,9 +16,13 @@ from prunelight.models.spec import ModelSpec
 
 
 def datamodule_tokenizer(datamodule: L.LightningDataModule, path: str | None) -> PreTrainedTokenizerBase:
-    """The tokenizer at ``path``, else the one of the model the datamodule's trainer runs."""
+    """The tokenizer at ``path``, else one handed over with :func:`prepare_with`, else the one of the model
+    the datamodule's trainer runs."""
     if path:
         return load_tokenizer(ModelSpec(path))
+    given = getattr(datamodule, "_given_tokenizer", None)
+    if given is not None:
+        return given
     trainer = datamodule.trainer
     module = trainer.lightning_module if trainer is not None else None
     if module is None or getattr(module, "tokenizer", None) is None:
@@ -26,6 +30,13 @@ def datamodule_tokenizer(datamodule: L.LightningDataModule, path: str | None) ->
             "no tokenizer: set data.tokenizer, or attach the datamodule to a prunelight trainer"
         )
     return module.tokenizer
+
+
+def prepare_with(datamodule: L.LightningDataModule, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Set ``datamodule`` up now with ``tokenizer``, before a trainer runs it: a stage that runs it late (the
+    pipeline fine-tunes after pruning) finds a missing corpus before the expensive part, not after."""
+    datamodule._given_tokenizer = tokenizer
+    datamodule.setup("fit")
 
 
 class PerplexityDataModule(L.LightningDataModule):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 
+from prunelight.data.datamodule import prepare_with
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.errors import ConfigError
 from prunelight.finetune.data import InstructionDataModule, LanguageModelingDataModule
@@ -46,6 +47,7 @@ def run_pipeline(
             f"{type(finetune_data).__name__}"
         )
     target_modules(_config_only_model(module), lora.targets)  # a bad LoRA target fails before pruning
+    prepare_with(finetune_data, module.tokenizer)  # and so does missing fine-tuning data
     run_dir = Path(trainer.default_root_dir)
     (run_dir / RECOVERY_FILE).unlink(missing_ok=True)
 

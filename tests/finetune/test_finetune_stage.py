@@ -119,14 +119,15 @@ def test_a_sparse_pipeline_keeps_its_zeros_through_lora(tiny_llama, tmp_path):
     [
         (["--lora.targets", "[q, attn_proj]"], "LoRA target module 'attn_proj' is not in the model"),
         (["--recovery.early_stopping_patience", "0"], "early_stopping_patience must be at least 1"),
+        (["--finetune_data.train_split", "train"], "wiki.train.raw"),
     ],
 )
 def test_bad_recovery_settings_fail_before_pruning_and_leave_no_folder(
     tiny_llama, tmp_path, capsys, options, message
 ):
     with pytest.raises(SystemExit) as exit_info:
-        main(["pipeline", *_prune_options(tiny_llama), *options,
-              *[o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)]])  # fmt: skip
+        main(["pipeline", *_prune_options(tiny_llama),
+              *[o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)], *options])  # fmt: skip
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
