@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
+from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.importance import Calibrated
@@ -38,16 +39,29 @@ class PrunelightTrainer(L.Trainer):
                 callback.dirpath = str(Path(self.default_root_dir).absolute() / "checkpoints")
 
     def evaluate(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule | None = None
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+        zero_shot: ZeroShotSettings | None = None,
     ) -> dict[str, Any]:
-        """Perplexity on every corpus of the datamodule, written to analysis/perplexity.json and TensorBoard.
+        """Perplexity on every corpus of the datamodule, written to analysis/perplexity.json and TensorBoard;
+        with ``zero_shot``, lm-eval's tasks on the same in-memory model (``analysis/zeroshot_model.json``).
 
         Runs ``test`` with an :class:`EvaluationReport` attached. If the evaluation fails, a run folder it
         created is removed again, so a failed run leaves no half-written results behind.
         """
+        from prunelight.evaluate.zeroshot import check_tasks, write_zero_shot
+        from prunelight.evaluate.zeroshot import zero_shot as run_zero_shot
+
+        if zero_shot is not None:
+            check_tasks(zero_shot)  # an unknown task or missing data fails before the model loads
         report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
         with _removed_on_failure(Path(self.default_root_dir)):
-            return self.measure_perplexity(model, datamodule, report or EvaluationReport())
+            result = self.measure_perplexity(model, datamodule, report or EvaluationReport())
+            if zero_shot is not None and self.is_global_zero:
+                result["zero_shot"] = run_zero_shot(model.model, model.tokenizer, zero_shot)
+                write_zero_shot(Path(self.default_root_dir), result["zero_shot"], "model")
+            return result
 
     def measure_perplexity(
         self, model: L.LightningModule, datamodule: L.LightningDataModule | None, report: EvaluationReport

@@ -110,6 +110,7 @@ def sync_config(model: PreTrainedModel) -> bool:
         config.num_key_value_heads = first.num_key_value_heads
         config.intermediate_size = first.intermediate_size
     config.__class__ = stock_config if stock else pruned_config
+    config.__dict__.pop("model_type", None)  # transformers 5 stores it per instance; the class's must win
     wanted_class = stock_model if stock else pruned_model
     if type(model) in (stock_model, pruned_model) and type(model) is not wanted_class:
         # Same modules, same forward: only the name save_pretrained records in "architectures" changes.

@@ -39,7 +39,11 @@ def results_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _accuracy(result: dict[str, Any]) -> str:
     """acc ± stderr, and acc_norm in parentheses where the task has it."""
-    text = f"{result['acc']:.4f} ± {result['acc_stderr']:.4f}"
+    if result.get("acc") is None:
+        return "-"
+    text = f"{result['acc']:.4f}"
+    if result.get("acc_stderr") is not None:
+        text += f" ± {result['acc_stderr']:.4f}"
     if result.get("acc_norm") is not None:
         text += f" (norm {result['acc_norm']:.4f})"
     return text

@@ -35,6 +35,11 @@ def _finetune_options(tmp_path) -> list[str]:
     ]  # fmt: skip
 
 
+def _recovery_options(tmp_path) -> list[str]:
+    """The finetune options as the pipeline names them (its fine-tuning data is ``finetune_data``)."""
+    return [o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)]
+
+
 def _prune_options(folder) -> list[str]:
     return [
         "--model.path", str(folder),
@@ -81,8 +86,8 @@ def test_finetune_writes_adapter_and_a_merged_model_that_agree(tiny_llama, tmp_p
 
 def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
     main(["pipeline", *_prune_options(tiny_llama), "--ranking.ratio", "0.3", "--lora.rank", "4",
-          "--training.learning_rate", "0.01", *[o.replace("--data.", "--finetune_data.")
-                                                 for o in _finetune_options(tmp_path)]])  # fmt: skip
+          "--training.learning_rate", "0.01", *_recovery_options(tmp_path),
+          "--evaluation.zero_shot", "{tasks: [piqa, arc_easy], limit: 4, batch_size: 4}"])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     for name in ("pruned_model/config.json", "finetuned_model/config.json", "adapter/adapter_config.json",
                  "analysis/prune.json", "analysis/plan.json", "analysis/recovery.json",
@@ -96,8 +101,15 @@ def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
     assert rows["recovered"]["perplexity"]["wikitext2"] < rows["pruned"]["perplexity"]["wikitext2"]
     merged = prunelight.load_pruned(run / "finetuned_model")
     assert sum(p.numel() for p in merged.parameters()) == rows["pruned"]["parameters"]
+    for which in ("dense", "pruned", "recovered"):
+        zero_shot = json.loads((run / f"analysis/zeroshot_{which}.json").read_text())
+        assert rows[which]["zero_shot"]["tasks"] == zero_shot["tasks"]
+        assert set(zero_shot["tasks"]) == {"piqa", "arc_easy"}
+        assert all(t["examples"] == 4 for t in zero_shot["tasks"].values())
+    assert list((run / "tb" / "zeroshot").glob("events.out.tfevents.*"))
     summary = (run / "summary.md").read_text()
     assert summary.startswith("# Pipeline")
+    assert "piqa" in summary and "mean acc" in summary
     for name in ("| dense |", "| pruned |", "| recovered |", "# Pruning"):
         assert name in summary
 
@@ -105,7 +117,7 @@ def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
 def test_a_sparse_pipeline_keeps_its_zeros_through_lora(tiny_llama, tmp_path):
     main(["pipeline", *_prune_options(tiny_llama), "--importance.criterion", "wanda",
           "--sparsity.pattern", "unstructured", "--sparsity.sparsity", "0.5", "--lora.rank", "4",
-          *[o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)]])  # fmt: skip
+          *_recovery_options(tmp_path)])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     report = json.loads((run / "analysis/finetune.json").read_text())
     assert report["sparsity_kept"] == pytest.approx(0.5, abs=0.01)
@@ -127,7 +139,27 @@ def test_bad_recovery_settings_fail_before_pruning_and_leave_no_folder(
 ):
     with pytest.raises(SystemExit) as exit_info:
         main(["pipeline", *_prune_options(tiny_llama),
-              *[o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)], *options])  # fmt: skip
+              *_recovery_options(tmp_path), *options])  # fmt: skip
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_evaluate_runs_zero_shot_on_the_model_it_measured(tiny_llama, tmp_path):
+    main(["evaluate", "--model.path", str(tiny_llama), "--model.dtype", "float32",
+          "--data.corpora", WIKI_VALID, "--data.split", "validation", "--data.seqlen", "64",
+          "--data.max_windows", "2", "--zero_shot", "{tasks: [winogrande], limit: 3}",
+          "--results_root", str(tmp_path / "results"), "--experiment", "run",
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    run = tmp_path / "results" / tiny_llama.name / "run"
+    result = json.loads((run / "analysis/zeroshot_model.json").read_text())
+    assert result["tasks"]["winogrande"]["examples"] == 3
+    assert (run / "analysis/perplexity.json").is_file()
+
+
+def test_an_unknown_zero_shot_task_fails_before_anything_runs(tiny_llama, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model.path", str(tiny_llama), "--zero_shot", "{tasks: [piqaa]}",
+              "--results_root", str(tmp_path / "results")])  # fmt: skip
+    assert "piqaa" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
