@@ -11,6 +11,8 @@ import torch
 from prunelight.errors import ConfigError
 
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+RUN_MODEL_FOLDERS = ("pruned_model", "finetuned_model")
+"""The model folders a run writes; a model loaded from one keeps the run's model name for its results."""
 
 
 @dataclass(frozen=True)
@@ -47,5 +49,8 @@ class ModelSpec:
     @property
     def name(self) -> str:
         """A short, filesystem-safe name for result folders (``results/<name>/...``)."""
-        base = Path(self.gguf_file or self.path.rstrip("/")).name.removesuffix(".gguf") or "model"
+        path = Path(self.gguf_file or self.path.rstrip("/"))
+        if path.name in RUN_MODEL_FOLDERS and len(path.parts) >= 3:
+            path = path.parents[1]  # results/<model>/<experiment>/pruned_model: the model is still <model>
+        base = path.name.removesuffix(".gguf") or "model"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in base)
