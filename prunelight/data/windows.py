@@ -74,14 +74,14 @@ def _stream_for(corpus: Corpus, tokenizer, need_tokens: int, rng: random.Random)
         return tokenize(corpus.running_text(), tokenizer)
     texts = list(corpus.texts)
     rng.shuffle(texts)
-    taken = _texts_for(texts, need_tokens * OVERSAMPLE, corpus.join)
+    taken = texts_for(texts, need_tokens * OVERSAMPLE, corpus.join)
     stream = tokenize(corpus.running_text(taken), tokenizer)
     if stream.numel() < need_tokens * OVERSAMPLE and len(taken) < len(texts):
         stream = tokenize(corpus.running_text(texts), tokenizer)
     return stream
 
 
-def _texts_for(texts: list[str], tokens: int, join: str) -> list[str]:
+def texts_for(texts: list[str], tokens: int, join: str) -> list[str]:
     """The leading texts that surely hold ``tokens`` tokens (by the characters-per-token bound)."""
     budget, chars, taken = tokens * CHARS_PER_TOKEN_BOUND, 0, 0
     while taken < len(texts) and chars < budget:
@@ -153,7 +153,7 @@ def evaluation_windows(
     loaded = load_corpus(spec, split, data_root)
     texts = loaded.texts
     if max_windows is not None and not loaded.ordered:  # stop reading documents once there is enough text
-        texts = _texts_for(texts, max_windows * seqlen, loaded.join)
+        texts = texts_for(texts, max_windows * seqlen, loaded.join)
     stream = tokenize(loaded.running_text(texts), tokenizer)
     count = stream.numel() // seqlen
     if max_windows is not None:
