@@ -36,9 +36,17 @@ def test_every_config_loads(config, capsys):
     for section, values in written.items():
         if not isinstance(values, dict) or section == "trainer":
             continue
-        parsed = printed[section]["init_args"] if section in ("model", "data") else printed[section]
+        parsed = printed[section]
+        parsed = parsed["init_args"] if "class_path" in parsed else parsed  # model, data, finetune_data
         for key, value in values.items():
-            assert parsed[key] == value, (section, key)
+            assert _contains(parsed[key], value), (section, key)
+
+
+def _contains(parsed, written) -> bool:
+    """``written`` as the YAML gives it, inside ``parsed`` (which adds the defaults of nested sections)."""
+    if isinstance(written, dict) and isinstance(parsed, dict):
+        return all(k in parsed and _contains(parsed[k], v) for k, v in written.items())
+    return parsed == written
 
 
 @pytest.mark.parametrize("subcommand", ["evaluate", "validate", "test"])
@@ -116,4 +124,5 @@ def test_console_script_and_train_py_are_the_same_program():
     b = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "evaluate" in a and a.split("\n", 1)[1] == b.split("\n", 1)[1]
+    # The usage lines wrap at a width that depends on the program's name; the words must be the same.
+    assert "evaluate" in a and a.split()[2:] == b.split()[2:]
