@@ -1,0 +1,151 @@
+"""Inference speed of pruned models against the dense model, in the same run, with plain transformers.
+
+    python benchmarks/inference_speed.py --shape llama-2-7b --dtype bfloat16
+    python benchmarks/inference_speed.py --shape llama-2-7b --layers 4 --variants dense,uniform-0.5
+
+For each variant the dense model is copied and pruned the way a user prunes it (magnitude scores, because
+speed does not depend on which groups go; a structured plan through :func:`prunelight.ranking.rank` and
+:func:`prunelight.apply.apply_plan`, or 2:4 masks converted to PyTorch's semi-structured kernels), then
+timed: prefill tokens/s (one forward over ``--prompt`` tokens) and decode tokens/s (``generate`` of
+``--new`` tokens with the KV cache, prefill time subtracted) at each batch size. Prints one table with the
+speedups against dense next to the parameter reduction they could reach at best.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import tempfile
+import time
+
+import torch
+
+from benchmarks.calibration_cost import build, model_arguments
+from callbacks.importance import ImportanceCallback
+from prunelight.apply import apply_plan
+from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.data.windows import WindowSet
+from prunelight.importance.inputs import PROJECTIONS
+from prunelight.models import adapter_for
+from prunelight.ranking import RankingConfig, rank
+from prunelight.ranking.patterns import nm_mask
+from prunelight.trainer import PrunelightTrainer
+
+VARIANTS = ("dense", "uniform-0.2", "global-0.2", "uniform-0.5", "global-0.5", "2:4")
+
+
+def magnitude_table(model):
+    """Group scores for the structured variants: one magnitude calibration pass (no gradients)."""
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    windows = WindowSet(ids, torch.zeros(1, dtype=torch.long), ["random"], [1.0], 16)
+    module = CalibrationModule.from_model(model, None, "bench")
+    data = CalibrationDataModule(nsamples=1, seqlen=16, batch_size=1)
+    data.windows = windows
+    trainer = PrunelightTrainer(
+        accelerator="gpu" if next(model.parameters()).is_cuda else "cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tempfile.gettempdir(),
+    )
+    return trainer.calibrate(module, data, ImportanceCallback("magnitude")).table
+
+
+@torch.no_grad()
+def two_four(model) -> None:
+    from prunelight.save.semi_structured import to_semi_structured
+
+    adapter = adapter_for(model)
+    for layer in adapter.decoder_layers(model):
+        modules = adapter.modules(layer)
+        for name in PROJECTIONS:
+            weight = getattr(modules, name).weight
+            weight.mul_(nm_mask(weight.abs().float(), 2, 4).to(weight.dtype))
+    to_semi_structured(model, adapter)
+
+
+def variant(dense, table, name: str):
+    model = copy.deepcopy(dense)
+    if name == "2:4":
+        two_four(model)
+    elif name != "dense":
+        allocation, ratio = name.split("-")
+        plan = rank(table, RankingConfig(ratio=float(ratio), allocation=allocation)).plan
+        apply_plan(model, plan)
+    return model
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def timed(model, batch: int, prompt: int, new: int, rounds: int) -> tuple[float, float]:
+    """Best-of-``rounds`` prefill and decode tokens/s."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=device)
+    best_prefill = best_total = float("inf")
+    model(input_ids=ids[:, :16])  # warm-up
+    for _ in range(rounds):
+        _sync()
+        start = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        _sync()
+        best_prefill = min(best_prefill, time.perf_counter() - start)
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        _sync()
+        best_total = min(best_total, time.perf_counter() - start)
+    decode = max(best_total - best_prefill, 1e-9)
+    return batch * prompt / best_prefill, batch * new / decode
+
+
+def main() -> None:
+    parser = model_arguments(__doc__, nsamples=1, batch_size=1)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--new", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    dense, _ = build(args)
+    dense.eval()
+    dense.generation_config.pad_token_id = 0
+    table = magnitude_table(dense)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    batches = [int(b) for b in args.batches.split(",")]
+    rows, reference = [], {}
+    for name in args.variants.split(","):
+        model = dense if name == "dense" else variant(dense, table, name)
+        params = sum(p.numel() for p in model.parameters())
+        speeds = {b: timed(model, b, args.prompt, args.new, args.rounds) for b in batches}
+        if name == "dense":
+            reference = speeds
+        rows.append((name, params, speeds))
+        if model is not dense:
+            del model
+            gc.collect()
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(
+        f"\n{args.shape or args.model}, {args.dtype}, {where}; prompt {args.prompt}, {args.new} new tokens, ",
+        end="",
+    )
+    print(f"best of {args.rounds}; speedup = variant tokens/s / dense tokens/s in this run")
+    head = " | ".join(f"prefill b{b} tok/s (x) | decode b{b} tok/s (x)" for b in batches)
+    print(f"| variant | parameters | dense / params | {head} |")
+    print("| --- | ---: | ---: |" + " ---: | ---: |" * len(batches))
+    for name, params, speeds in rows:
+        cells = []
+        for b in batches:
+            (prefill, decode), (p0, d0) = speeds[b], reference[b]
+            cells.append(f"{prefill:,.0f} ({prefill / p0:.2f}x) | {decode:,.0f} ({decode / d0:.2f}x)")
+        print(f"| {name} | {params / 1e9:.2f}B | {dense_params / params:.2f}x | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
