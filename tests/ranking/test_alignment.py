@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_ranking import random_table  # noqa: E402 (tests/ranking is on sys.path under pytest)
 
 from prunelight.errors import ConfigError
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.allocation import align_kept
-
-from test_ranking import random_table  # noqa: E402 (tests/ranking is on sys.path under pytest)
 
 
 @pytest.mark.parametrize("allocation", ["global", "uniform"])
