@@ -6,7 +6,8 @@
 For each variant the dense model is copied and pruned the way a user prunes it (magnitude scores, because
 speed does not depend on which groups go; a structured plan through :func:`prunelight.ranking.rank` and
 :func:`prunelight.apply.apply_plan`, or 2:4 masks converted to PyTorch's semi-structured kernels), then
-timed: prefill tokens/s (one forward over ``--prompt`` tokens) and decode tokens/s (``generate`` of
+timed (``global-0.2@64`` keeps each layer's MLP width a multiple of 64: ``ranking.mlp_multiple``):
+prefill tokens/s (one forward over ``--prompt`` tokens) and decode tokens/s (``generate`` of
 ``--new`` tokens with the KV cache, prefill time subtracted) at each batch size. Prints one table with the
 speedups against dense next to the parameter reduction they could reach at best.
 """
@@ -70,9 +71,10 @@ def variant(dense, table, name: str):
     if name == "2:4":
         two_four(model)
     elif name != "dense":
+        name, _, multiple = name.partition("@")
         allocation, ratio = name.split("-")
-        plan = rank(table, RankingConfig(ratio=float(ratio), allocation=allocation)).plan
-        apply_plan(model, plan)
+        config = RankingConfig(ratio=float(ratio), allocation=allocation, mlp_multiple=int(multiple or 1))
+        apply_plan(model, rank(table, config).plan)
     return model
 
 
