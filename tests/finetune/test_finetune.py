@@ -162,3 +162,44 @@ def test_projection_targets_resolve_through_the_family_adapter(pruned_tiny):
     layers = module.config.num_hidden_layers
     assert len(wrapped) == 2 * layers
     assert all(n.split(".lora_A")[0].endswith(("q_proj", "down_proj")) for n in wrapped)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pruned_tiny):
+    """Recomputing activations in the backward pass must not change what the adapters learn from."""
+    batch = _batches(512, count=1)[0]
+    grads = []
+    for checkpointing in (False, True):
+        L.seed_everything(0)
+        module = FinetuneModule(
+            str(pruned_tiny),
+            dtype="float32",
+            lora=LoraSettings(rank=4, dropout=0.0),
+            training=TrainingSettings(gradient_checkpointing=checkpointing),
+        )
+        module.configure_model()
+        module.model.train()
+        module(batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_early_stopping_stops_when_validation_stops_improving(pruned_tiny, tmp_path):
+    """A validation set the model cannot improve on (random ids) with a tiny patience stops the run early."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from callbacks.overfitting import OverfittingMonitor
+
+    L.seed_everything(0)
+    module = _module(pruned_tiny, lr=0.05)
+    trainer = _trainer(
+        tmp_path,
+        max_steps=40,
+        val_check_interval=2,
+        callbacks=[EarlyStopping("val/loss", patience=1, mode="min"), OverfittingMonitor()],
+    )
+    train = DataLoader(_batches(512, count=40, seed=1), batch_size=None)
+    val = DataLoader(_batches(512, count=2, seed=2), batch_size=None)
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    assert trainer.should_stop and trainer.global_step < 40
