@@ -277,7 +277,8 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
 
 def _local_texts(named: NamedCorpus, spec: CorpusSpec, path: Path) -> list[str]:
     if named.squad_layout:
-        return _squad_texts(_squad_records_from_json(path), spec.format or "context")
+        records = [(context, question, answer) for context, question, answer, _ in squad_records(path)]
+        return _squad_texts(records, spec.format or "context")
     if suffix_of(path) in (".txt", ".raw"):
         rows = (named.text_rows or _stripped_lines)(read_documents(path)[0])
         return rows
@@ -318,18 +319,25 @@ def _load_hub_dataset(spec: CorpusSpec, split: str) -> Corpus:
 # SQuAD
 
 
-def _squad_records_from_json(path: Path) -> list[tuple[str, str, str]]:
+def squad_records(path: Path) -> list[tuple[str, str, str, str]]:
+    """(context, question, first answer or "", article) of every question of a SQuAD v1.1 JSON file; the
+    article is ``"<index>:<title>"``, so instruction QA can hold out whole articles."""
     import json
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return [
-            (para["context"], qa["question"], (qa["answers"] or [{"text": ""}])[0]["text"])
-            for article in data["data"]
+            (
+                para["context"],
+                qa["question"],
+                (qa["answers"] or [{"text": ""}])[0]["text"],
+                f"{index}:{article.get('title', '')}",
+            )
+            for index, article in enumerate(data["data"])
             for para in article["paragraphs"]
             for qa in para["qas"]
         ]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
 
 

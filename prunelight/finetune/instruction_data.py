@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from prunelight.data.corpora import NAMED, canonical_split
+from prunelight.data.corpora import NAMED, canonical_split, squad_records
 from prunelight.data.datamodule import datamodule_tokenizer
 from prunelight.data.root import ENV, data_root, hub_disabled
 from prunelight.errors import ConfigError, DataError
@@ -36,19 +36,8 @@ class QAExample:
 
 
 def _squad_json_examples(path: Path) -> list[QAExample]:
-    """SQuAD v1.1 layout, keeping the article (the corpus reader flattens it away)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        examples = []
-        for index, article in enumerate(data["data"]):
-            key = f"{index}:{article.get('title', '')}"
-            for para in article["paragraphs"]:
-                for qa in para["qas"]:
-                    answers = qa.get("answers") or []
-                    if answers and answers[0]["text"].strip():  # SQuAD v2 unanswerables have nothing to learn
-                        examples.append(QAExample(para["context"], qa["question"], answers[0]["text"], key))
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise DataError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
+    """SQuAD v1.1 layout, keeping the article; SQuAD v2 unanswerables have nothing to learn."""
+    examples = [QAExample(c, q, a, article) for c, q, a, article in squad_records(path) if a.strip()]
     if not examples:
         raise DataError(f"{path}: no answered questions found")
     return examples

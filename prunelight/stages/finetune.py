@@ -22,10 +22,8 @@ from callbacks.mask import MaskCallback
 from callbacks.overfitting import MonitorSettings, OverfittingMonitor
 from prunelight.errors import ConfigError
 from prunelight.finetune.module import FinetuneModule
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
-from prunelight.models.adapters import adapter_for
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
 from prunelight.stages.recovery_report import finetune_summary
@@ -147,12 +145,12 @@ def run_finetune(
         "perplexity": {labels[0]: part_of(before, "perplexity"), labels[1]: part_of(after, "perplexity")},
         "zero_shot": {labels[0]: part_of(before, "zero_shot"), labels[1]: part_of(after, "zero_shot")},
         "overfitting": monitor.report(),
-        "sparsity_kept": _zero_share(merged) if masks else None,
+        "sparsity_kept": MaskCallback.from_zeros(merged).sparsity() if masks else None,
     }
     if trainer.is_global_zero:
         if recovery.save_merged:
             save_pruned(merged, module.tokenizer, run_dir / "finetuned_model", overwrite=True)
-        write_json(analysis / "overfitting.json", monitor.report())
+        monitor.write(trainer)  # also when no validation ran
         write_json(analysis / "finetune.json", report)
     trainer.strategy.barrier()
     return report
@@ -164,26 +162,11 @@ def write_finetune_summary(run_dir: Path, report: dict[str, Any]) -> Path:
     return summary
 
 
-def _projection_weights(model: torch.nn.Module) -> list[torch.Tensor]:
-    adapter = adapter_for(model)
-    weights = []
-    for layer in adapter.decoder_layers(model):
-        modules = adapter.modules(layer)
-        weights += [getattr(modules, p).weight for p in PROJECTIONS]
-    return weights
-
-
-def _zero_share(model: torch.nn.Module) -> float:
-    weights = _projection_weights(model)
-    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
-
-
 def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | None:
     if keep is False:
         return None
-    if keep is None and _zero_share(model) < SPARSE_ZERO_SHARE:
-        return None
-    return MaskCallback.from_zeros(model)
+    masks = MaskCallback.from_zeros(model)
+    return None if keep is None and masks.sparsity() < SPARSE_ZERO_SHARE else masks
 
 
 def _kept(module: L.LightningModule) -> Any:
