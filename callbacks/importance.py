@@ -24,6 +24,9 @@ class ImportanceCallback(L.Callback):
             or ``sample`` (one backward per window).
         magnitude_norm: 1 or 2, for magnitude.
         gradient_statistics: with a gradient criterion, keep per-layer gradient statistics for the diagnosis.
+        input_means: keep the o/down input means that FLAP bias compensation needs
+            (``Calibrated.input_means``; the prune stage turns this on with ``compensation``); off, a run
+            hooks only what its criterion reads.
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class ImportanceCallback(L.Callback):
         aggregation: Literal["batch", "sample"] = "batch",
         magnitude_norm: Literal[1, 2] = 1,
         gradient_statistics: bool = True,
+        input_means: bool = False,
     ) -> None:
         self.info = criterion_info(criterion)
         if aggregation not in ("batch", "sample"):
@@ -39,7 +43,7 @@ class ImportanceCallback(L.Callback):
         if magnitude_norm not in (1, 2):
             raise ConfigError(f"magnitude_norm must be 1 or 2, got {magnitude_norm!r}")
         self.criterion, self.aggregation, self.magnitude_norm = criterion, aggregation, magnitude_norm
-        self.gradient_statistics = gradient_statistics
+        self.gradient_statistics, self.input_means = gradient_statistics, input_means
         self.accumulator: ImportanceAccumulator | None = None
         self.result: Calibrated | None = None
 
@@ -48,7 +52,12 @@ class ImportanceCallback(L.Callback):
         pl_module.per_sample = self.aggregation == "sample"
         pl_module.criterion = self.criterion
         self.accumulator = ImportanceAccumulator(
-            pl_module.model, pl_module.adapter, self.criterion, self.magnitude_norm, self.gradient_statistics
+            pl_module.model,
+            pl_module.adapter,
+            self.criterion,
+            self.magnitude_norm,
+            self.gradient_statistics,
+            self.input_means,
         )
         self.accumulator.attach()
         self.result = None

@@ -166,7 +166,6 @@ class PrunelightTrainer(L.Trainer):
                 diagnosis,
             )
 
-
     def finetune(
         self,
         model: L.LightningModule,

@@ -18,6 +18,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # before anything imports triton: its kernels then run interpreted
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 assert SHARED_DATA.is_dir(), f"the tests read real corpora from {SHARED_DATA}; set PRUNELIGHT_TEST_DATA"

@@ -7,10 +7,12 @@ all elements of all backward passes, and ``norm`` = sqrt(mean over backward pass
 root-mean-square L2 norm of the kind's gradient in one pass (all its projections together).
 
 Cost is what matters here (a 7B model has 224 weight gradients per backward pass): the hook reads each
-gradient twice (``var_mean``, one Welford pass; ``aminmax``) and launches three kernels; the per-gradient
-results wait in a list and are folded into the accumulators once per batch with a handful of
-index_add/scatter kernels. ``var_mean`` returns the gradient's dtype, so a bfloat16 model's statistics
-carry about three significant digits.
+gradient twice (``var_mean``, one Welford pass; ``aminmax``) and launches three kernels, or, on a GPU with
+Triton, takes the moments from the fused Taylor kernel that reads the gradient anyway
+(:mod:`prunelight.importance.kernels`); the per-gradient results wait in a list and are folded into the
+accumulators once per batch with a handful of index_add/scatter kernels. ``var_mean`` returns the
+gradient's dtype, so on the torch path a bfloat16 model's statistics carry about three significant
+digits (the kernel sums in float32).
 """
 
 from __future__ import annotations
@@ -48,13 +50,20 @@ class GradientStatistics:
         }
         self._pending: dict[torch.device, list[tuple[int, int, float, torch.Tensor]]] = {}
 
-    def observe(self, layer: int, kind: str, grad: torch.Tensor) -> None:
-        """Note one weight's gradient: mean, variance, min and max, folded in at the next :meth:`flush`."""
-        var, mean = torch.var_mean(grad, correction=0)
-        low, high = torch.aminmax(grad)
+    def observe(self, layer: int, kind: str, grad: torch.Tensor, moments: torch.Tensor | None = None) -> None:
+        """Note one weight's gradient, folded in at the next :meth:`flush`.
+
+        ``moments`` are rows of ``[sum, sum of squares, min, max]`` over disjoint parts of the gradient
+        when the caller already has them (the fused Taylor kernel's per-tile partials, left unreduced so
+        that combining them costs a few kernels per batch rather than per gradient); otherwise they are
+        taken here, one row for the whole gradient."""
+        if moments is None:
+            from prunelight.importance.kernels import gradient_moments
+
+            moments = gradient_moments(grad)
         row = layer * len(KINDS) + KINDS.index(kind)
         pending = self._pending.setdefault(grad.device, [])
-        pending.append((row, grad.numel(), 1.0 / self.projections[kind], torch.stack([mean, var, low, high])))
+        pending.append((row, grad.numel(), 1.0 / self.projections[kind], moments))
 
     def flush(self) -> None:
         """Fold the noted gradients into the accumulators (once per batch: a few kernels, not a few per
@@ -62,14 +71,20 @@ class GradientStatistics:
         for device, pending in self._pending.items():
             if not pending:
                 continue
-            values = torch.stack([p[3] for p in pending]).double()
-            mean, var, low, high = values.unbind(1)
-            meta = torch.tensor([(p[0], p[1], p[2]) for p in pending], dtype=torch.float64).to(device)
+            parts = torch.cat([p[3].reshape(-1, 4) for p in pending]).double()
+            counts = torch.tensor([p[3].numel() // 4 for p in pending])
+            meta = torch.tensor([(p[0], p[1], p[2]) for p in pending], dtype=torch.float64)
+            part_rows = torch.repeat_interleave(meta[:, 0].long(), counts).to(device)
+            meta = meta.to(device)
             rows, n, passes = meta[:, 0].long(), meta[:, 1], meta[:, 2]
-            update = torch.stack([n, mean * n, (var + mean * mean) * n, passes], dim=1)
-            self.moments[device].index_add_(0, rows, update)
-            self.minimum[device].scatter_reduce_(0, rows, low, "amin")
-            self.maximum[device].scatter_reduce_(0, rows, high, "amax")
+            zeros = torch.zeros_like(n)
+            self.moments[device].index_add_(0, rows, torch.stack([n, zeros, zeros, passes], dim=1))
+            part_zeros = torch.zeros_like(parts[:, 0])
+            self.moments[device].index_add_(
+                0, part_rows, torch.stack([part_zeros, parts[:, 0], parts[:, 1], part_zeros], dim=1)
+            )
+            self.minimum[device].scatter_reduce_(0, part_rows, parts[:, 2], "amin")
+            self.maximum[device].scatter_reduce_(0, part_rows, parts[:, 3], "amax")
             pending.clear()
 
     def reduce(

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -27,9 +26,9 @@ from prunelight.importance.criteria import (
     fluctuation_elements,
     group_sum,
     magnitude_elements,
-    taylor_group_scores,
     wanda_elements,
 )
+from prunelight.importance.kernels import influence_sum, taylor_scores
 from prunelight.models.adapters import FamilyAdapter, LayerModules
 from prunelight.ranking.table import GroupTable
 
@@ -58,7 +57,8 @@ class Calibrated:
 
     table: GroupTable
     input_means: dict[int, dict[str, torch.Tensor]]
-    """Per layer, the calibration mean of the o and down inputs (FLAP bias compensation)."""
+    """Per layer, the calibration mean of the o and down inputs (FLAP bias compensation); empty unless the
+    accumulator kept them (``input_means``, or the fluctuation criterion, which needs them anyway)."""
     tokens: int
     mean_loss: float | None
     gradients: list[dict] | None = None
@@ -92,6 +92,13 @@ class ImportanceAccumulator:
         magnitude_norm: 1 (sum of |W|) or 2 (L2 norm) for ``magnitude``.
         gradient_statistics: with a gradient criterion, also keep per-layer gradient statistics (DESIGN:
             Diagnostics); three extra reductions per weight gradient.
+        input_means: also keep the o/down input means that FLAP bias compensation folds into the biases
+            (two reductions per layer and window; off unless compensation will use them).
+
+    Only the statistics the criterion reads are hooked: wanda reads the input norms of q, gate, o and
+    down; fluctuation the o/down input variances; the gradient criteria and magnitude none. Every
+    criterion keeps the block influence (the block correction of the ranking needs it), so a Taylor run
+    pays for its gradients and one cosine per layer, and nothing else.
     """
 
     def __init__(
@@ -101,8 +108,12 @@ class ImportanceAccumulator:
         criterion: str = "taylor",
         magnitude_norm: int = 1,
         gradient_statistics: bool = True,
+        input_means: bool = False,
     ) -> None:
         self.info = criterion_info(criterion)
+        self.input_norms = criterion == "wanda"
+        self.output_sums = criterion == "fluctuation" or input_means
+        self.output_sumsq = criterion in ("wanda", "fluctuation")
         self.criterion = criterion
         self.magnitude_norm = magnitude_norm
         self.model, self.adapter = model, adapter
@@ -156,10 +167,11 @@ class ImportanceAccumulator:
             zip(self.adapter.decoder_layers(self.model), self.layers, strict=True)
         ):
             s = self.stats[index]
-            self._pre_hook(m.q, lambda x, s=s: s.attn_input_sumsq.add_(_feature_sumsq(x)))
-            self._pre_hook(m.gate, lambda x, s=s: s.mlp_input_sumsq.add_(_feature_sumsq(x)))
-            self._pre_hook(m.o, lambda x, s=s: _add_moments(x, s.o_input_sum, s.o_input_sumsq))
-            self._pre_hook(m.down, lambda x, s=s: _add_moments(x, s.down_input_sum, s.down_input_sumsq))
+            if self.input_norms:
+                self._pre_hook(m.q, lambda x, s=s: s.attn_input_sumsq.add_(_feature_sumsq(x)))
+                self._pre_hook(m.gate, lambda x, s=s: s.mlp_input_sumsq.add_(_feature_sumsq(x)))
+            self._output_hook(m.o, s.o_input_sum, s.o_input_sumsq)
+            self._output_hook(m.down, s.down_input_sum, s.down_input_sumsq)
             self._handles.append(layer.register_forward_hook(self._influence_hook(s), with_kwargs=True))
         if self.info.needs_gradients:
             for p in self.model.parameters():
@@ -182,6 +194,15 @@ class ImportanceAccumulator:
             p.grad = None
         self._requires_grad.clear()
 
+    def _output_hook(self, module: nn.Module, total: torch.Tensor, total_sq: torch.Tensor) -> None:
+        """The o/down input statistics this run needs: sums (means), sums of squares (norms), or both."""
+        if self.output_sums and self.output_sumsq:
+            self._pre_hook(module, lambda x: _add_moments(x, total, total_sq))
+        elif self.output_sums:
+            self._pre_hook(module, lambda x: total.add_(_feature_sum(x)))
+        elif self.output_sumsq:
+            self._pre_hook(module, lambda x: total_sq.add_(_feature_sumsq(x)))
+
     def _pre_hook(self, module: nn.Module, fn: Callable[[torch.Tensor], object]) -> None:
         def hook(_module: nn.Module, args: tuple) -> None:
             with torch.no_grad():
@@ -195,8 +216,7 @@ class ImportanceAccumulator:
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
             with torch.no_grad():
-                cos = F.cosine_similarity(h_in.detach().float(), h_out.detach().float(), dim=-1)
-                s.influence_sum.add_((1.0 - cos).sum(dtype=torch.float64))
+                s.influence_sum.add_(influence_sum(h_in.detach(), h_out.detach()))
 
         return hook
 
@@ -210,9 +230,11 @@ class ImportanceAccumulator:
 
         def hook(param: torch.Tensor) -> None:
             with torch.no_grad():
-                target.add_(taylor_group_scores(param, param.grad, projection, groups, second))
+                grad = param.grad
+                score, moments = taylor_scores(param, grad, projection, groups, second, gradients is not None)
+                target.add_(score)
                 if gradients is not None:
-                    gradients.observe(index, kind, param.grad)
+                    gradients.observe(index, kind, grad, moments)
             param.grad = None
 
         return hook
@@ -283,7 +305,8 @@ class ImportanceAccumulator:
                 per_kind[kind] = score.detach().double().cpu()
             attention.append(per_kind["attention"])
             mlp.append(per_kind["mlp"])
-            means[index] = {"o": (s.o_input_sum / n).cpu(), "down": (s.down_input_sum / n).cpu()}
+            if self.output_sums:
+                means[index] = {"o": (s.o_input_sum / n).cpu(), "down": (s.down_input_sum / n).cpu()}
         layers = self.adapter.decoder_layers(self.model)
         table = GroupTable(
             attention=attention,

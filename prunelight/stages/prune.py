@@ -57,6 +57,7 @@ def run_prune(
         importance.aggregation,
         importance.magnitude_norm,
         importance.gradient_statistics,
+        input_means=compensation,
     )
     device = trainer.strategy.root_device
     reset_peak_memory(device)

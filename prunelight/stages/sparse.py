@@ -88,7 +88,7 @@ def run_sparse(
 
     start = time.perf_counter()
     if sparsity.pattern == "hybrid" and sparsity.structures_share > 0:
-        callback = ImportanceCallback(criterion, gradient_statistics=False)
+        callback = ImportanceCallback(criterion, gradient_statistics=False, input_means=compensation)
         calibrated = trainer.calibrate(module, datamodule, callback)
         calibration["passes"].append("structured tier (one pass)")
         tier = dataclasses.replace(ranking, ratio=sparsity.structures_share * target, ratio_of="prunable")

@@ -27,7 +27,7 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    result = trainer.calibrate(module, data, ImportanceCallback(criterion))
+    result = trainer.calibrate(module, data, ImportanceCallback(criterion, input_means=True))
     return {
         "attention": result.table.attention,
         "mlp": result.table.mlp,

@@ -105,7 +105,7 @@ def test_magnitude(tiny_llama, norm):
 
 def test_wanda_and_fluctuation(tiny_llama):
     for criterion in ("wanda", "fluctuation"):
-        result, module, data = calibrate(tiny_llama, criterion)
+        result, module, data = calibrate(tiny_llama, criterion, input_means=criterion == "wanda")
         x = _inputs(module.model, data.windows.input_ids)
         elements = {}
         for name, lin in _linears(module.model).items():
@@ -120,6 +120,20 @@ def test_wanda_and_fluctuation(tiny_llama):
         torch.testing.assert_close(result.table.attention[0], attn.double(), rtol=1e-5, atol=1e-12)
         torch.testing.assert_close(result.table.mlp[0], mlp.double(), rtol=1e-5, atol=1e-12)
         torch.testing.assert_close(result.input_means[0]["down"], x["down"].mean(dim=0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "taylor", "magnitude"])
+def test_input_means_only_when_asked(tiny_llama, criterion):
+    """Collecting the compensation means is a separate switch: off, the scores, the block influence and
+    the plan are unchanged, and no means are handed out (nothing to fold into a bias by accident)."""
+    plain, *_ = calibrate(tiny_llama, criterion)
+    with_means, *_ = calibrate(tiny_llama, criterion, input_means=True)
+    assert plain.input_means == {}
+    assert sorted(with_means.input_means) == list(range(len(plain.table.attention)))
+    table, other = plain.table, with_means.table
+    for a, b in zip(table.attention + table.mlp, other.attention + other.mlp, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(plain.table.block_importance, with_means.table.block_importance)
 
 
 @pytest.mark.parametrize(

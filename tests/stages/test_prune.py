@@ -78,6 +78,21 @@ def test_prune_writes_a_complete_folder_that_reloads(tiny_llama, tmp_path, optio
     assert "| dense |" in (run / "summary.md").read_text()
 
 
+def test_compensation_with_a_gradient_criterion_gets_its_means(tiny_llama, tmp_path):
+    """Taylor hooks no o/down inputs unless compensation asks for their means; with it, every pruned
+    layer's o/down bias is the removed columns times the calibration mean (nonzero)."""
+    main(_args(tiny_llama, tmp_path, "--compensation", "true", "--ranking.ratio", "0.3"))
+    run = tmp_path / "results" / tiny_llama.name / "run"
+    plan = json.loads((run / "analysis/plan.json").read_text())
+    model = prunelight.load_pruned(run / "pruned_model")
+    compensated = 0
+    for entry, layer in zip(plan["plan"]["layers"], model.model.layers, strict=True):
+        if entry["mlp_channels"]:
+            assert layer.mlp.down_proj.bias is not None and layer.mlp.down_proj.bias.abs().sum() > 0
+            compensated += 1
+    assert compensated > 0
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
