@@ -84,12 +84,16 @@ def _sync() -> None:
 
 
 @torch.no_grad()
-def timed(model, batch: int, prompt: int, new: int, rounds: int) -> tuple[float, float]:
-    """Best-of-``rounds`` prefill and decode tokens/s."""
+def timed(model, batch: int, prompt: int, new: int, rounds: int, static: bool = False) -> tuple[float, float]:
+    """Best-of-``rounds`` prefill and decode tokens/s; ``static``: decode with transformers' static KV
+    cache, which compiles the decoding step (torch.compile, CUDA graphs) on the first, untimed call."""
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=device)
+    options = {"cache_implementation": "static"} if static else {}
     best_prefill = best_total = float("inf")
     model(input_ids=ids[:, :16])  # warm-up
+    if static:
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, **options)
     for _ in range(rounds):
         _sync()
         start = time.perf_counter()
@@ -97,7 +101,9 @@ def timed(model, batch: int, prompt: int, new: int, rounds: int) -> tuple[float,
         _sync()
         best_prefill = min(best_prefill, time.perf_counter() - start)
         start = time.perf_counter()
-        model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        model.generate(
+            ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0, **options
+        )
         _sync()
         best_total = min(best_total, time.perf_counter() - start)
     decode = max(best_total - best_prefill, 1e-9)
@@ -111,6 +117,9 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--static-cache", action="store_true", help="decode with a static KV cache (compiled, CUDA graphs)"
+    )
     args = parser.parse_args()
 
     dense, _ = build(args)
@@ -123,7 +132,7 @@ def main() -> None:
     for name in args.variants.split(","):
         model = dense if name == "dense" else variant(dense, table, name)
         params = sum(p.numel() for p in model.parameters())
-        speeds = {b: timed(model, b, args.prompt, args.new, args.rounds) for b in batches}
+        speeds = {b: timed(model, b, args.prompt, args.new, args.rounds, args.static_cache) for b in batches}
         if name == "dense":
             reference = speeds
         rows.append((name, params, speeds))
@@ -137,7 +146,8 @@ def main() -> None:
         f"\n{args.shape or args.model}, {args.dtype}, {where}; prompt {args.prompt}, {args.new} new tokens, ",
         end="",
     )
-    print(f"best of {args.rounds}; speedup = variant tokens/s / dense tokens/s in this run")
+    cache = "static KV cache (compiled decode)" if args.static_cache else "dynamic KV cache (eager)"
+    print(f"best of {args.rounds}, {cache}; speedup = variant tokens/s / dense tokens/s in this run")
     head = " | ".join(f"prefill b{b} tok/s (x) | decode b{b} tok/s (x)" for b in batches)
     print(f"| variant | parameters | dense / params | {head} |")
     print("| --- | ---: | ---: |" + " ---: | ---: |" * len(batches))
