@@ -29,6 +29,7 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path):
         for a, b in zip(two[kind], one[kind], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(two["block"], one["block"], rtol=1e-12, atol=1e-15)
+    assert len(one["means"]) == len(one["attention"])  # the worker asks for the compensation means
     for layer, means in one["means"].items():
         for name in ("o", "down"):
             torch.testing.assert_close(two["means"][layer][name], means[name], rtol=1e-12, atol=1e-15)
