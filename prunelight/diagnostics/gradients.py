@@ -77,12 +77,9 @@ class GradientStatistics:
             part_rows = torch.repeat_interleave(meta[:, 0].long(), counts).to(device)
             meta = meta.to(device)
             rows, n, passes = meta[:, 0].long(), meta[:, 1], meta[:, 2]
-            zeros = torch.zeros_like(n)
-            self.moments[device].index_add_(0, rows, torch.stack([n, zeros, zeros, passes], dim=1))
-            part_zeros = torch.zeros_like(parts[:, 0])
-            self.moments[device].index_add_(
-                0, part_rows, torch.stack([part_zeros, parts[:, 0], parts[:, 1], part_zeros], dim=1)
-            )
+            moments = self.moments[device]  # columns: elements, sum, sum of squares, passes
+            moments[:, ::3].index_add_(0, rows, torch.stack([n, passes], dim=1))
+            moments[:, 1:3].index_add_(0, part_rows, parts[:, :2])
             self.minimum[device].scatter_reduce_(0, part_rows, parts[:, 2], "amin")
             self.maximum[device].scatter_reduce_(0, part_rows, parts[:, 3], "amax")
             pending.clear()

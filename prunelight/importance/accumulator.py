@@ -283,10 +283,12 @@ class ImportanceAccumulator:
                 "up": s.mlp_input_sumsq,
                 "down": s.down_input_sumsq,
             }
-            variance = {
-                "o": (s.o_input_sumsq - s.o_input_sum.square() / n) / (n - 1),
-                "down": (s.down_input_sumsq - s.down_input_sum.square() / n) / (n - 1),
-            }
+            variance = {}  # only fluctuation hooked both sums; for the others they are zeros
+            if self.output_sums and self.output_sumsq:
+                variance = {
+                    "o": (s.o_input_sumsq - s.o_input_sum.square() / n) / (n - 1),
+                    "down": (s.down_input_sumsq - s.down_input_sum.square() / n) / (n - 1),
+                }
             per_kind = {}
             for kind, names in (("attention", ATTENTION_PROJECTIONS), ("mlp", MLP_PROJECTIONS)):
                 if self.info.needs_gradients:
