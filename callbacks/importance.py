@@ -62,6 +62,12 @@ class ImportanceCallback(L.Callback):
         self.accumulator.attach()
         self.result = None
 
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, *_: Any
+    ) -> None:
+        assert self.accumulator is not None
+        self.accumulator.paused = bool(batch.get("padding", False))
+
     def on_test_batch_end(
         self,
         trainer: L.Trainer,

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from prunelight.data.corpora import CorpusSpec, as_spec
@@ -37,25 +38,37 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return -(-len(self.ids) // self.batch_size)
 
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if k == PADDING:  # batch 0 again, marked: it runs for the collectives and counts for nothing
+            return {**self[0], "padding": True}
         part = slice(k * self.batch_size, (k + 1) * self.batch_size)
-        return {"input_ids": self.ids[part], "weights": self.weights[part]}
+        return {"input_ids": self.ids[part], "weights": self.weights[part], "padding": False}
+
+
+PADDING = -1
+"""The index :class:`BatchShardSampler` hands out for a padding batch."""
 
 
 class BatchShardSampler(DistributedSampler):
-    """Rank r takes batches r, r + N, r + 2N, ...: no padding, no repeats, so sums over ranks are exact.
+    """Rank r takes batches r, r + N, r + 2N, ...: no repeats, so sums over ranks are exact.
 
     It is a DistributedSampler so that Lightning leaves it in place instead of injecting its own (which
-    pads with repeated samples to even out the ranks).
+    pads with repeated samples to even out the ranks). With ``even`` (FSDP2, whose every forward is a
+    collective, so every rank must run as many steps) a rank short of batches gets :data:`PADDING` entries,
+    which the importance callback runs but does not count.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, even: bool = False) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.even = even
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        mine = list(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(mine + [PADDING] * (len(self) - len(mine)))
 
     def __len__(self) -> int:
+        if self.even:
+            return -(-len(self.dataset) // self.num_replicas)
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
@@ -124,10 +137,11 @@ class CalibrationDataModule(L.LightningDataModule):
         batches = _Batches(self.windows, self.batch_size)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        even = trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy)
         return DataLoader(
             batches,
             batch_size=None,
-            sampler=BatchShardSampler(batches, world, rank),
+            sampler=BatchShardSampler(batches, world, rank, even),
             num_workers=self.num_workers,
         )
 

@@ -1,7 +1,8 @@
 """Calibration as a LightningModule: the trainer's test loop runs the windows through the model.
 
-Forward-only criteria need no logits, so only the decoder runs; gradient criteria run forward and backward
-without an optimiser step, and the gradients are consumed by the importance hooks as they arrive.
+Forward-only criteria need no logits, so only the last position's are computed; gradient criteria run
+forward and backward without an optimiser step, and the gradients are consumed by the importance hooks as
+they arrive.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class CalibrationModule(CausalLMModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         input_ids, weights = batch["input_ids"], batch["weights"]
         if not self.backward:
-            self.model.base_model(input_ids=input_ids, use_cache=False)
+            # through the root (under FSDP2 its hooks gather the embeddings); one position's logits only
+            self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
             return {"tokens": input_ids.numel(), "loss": None}
         if torch.is_inference_mode_enabled():
             raise ConfigError(

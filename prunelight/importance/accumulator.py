@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
 from prunelight.diagnostics.gradients import GradientStatistics
@@ -30,6 +31,7 @@ from prunelight.importance.criteria import (
 )
 from prunelight.importance.kernels import influence_sum, taylor_scores
 from prunelight.models.adapters import FamilyAdapter, LayerModules
+from prunelight.models.sharding import full_tensor
 from prunelight.ranking.table import GroupTable
 
 
@@ -133,6 +135,8 @@ class ImportanceAccumulator:
             )
         self._handles: list[RemovableHandle] = []
         self._requires_grad: dict[nn.Parameter, bool] = {}
+        self.paused = False
+        """While set, the hooks see passes without recording them (FSDP2's padding batches)."""
 
     # ------------------------------------------------------------------ shapes
     def attention_groups(self, m: LayerModules) -> int:
@@ -179,11 +183,32 @@ class ImportanceAccumulator:
                 p.requires_grad_(False)
             for index, m in enumerate(self.layers):
                 for name in ATTENTION_PROJECTIONS + MLP_PROJECTIONS:
-                    weight = getattr(m, name).weight
-                    weight.requires_grad_(True)
-                    self._handles.append(
-                        weight.register_post_accumulate_grad_hook(self._grad_hook(index, name))
-                    )
+                    self._watch_gradient(getattr(m, name), self._grad_hook(index, name))
+
+    def _watch_gradient(self, linear: nn.Module, hook: Callable[[torch.Tensor], None]) -> None:
+        """Run ``hook`` on each of this rank's gradients of ``linear.weight``, whole, as it is accumulated.
+
+        A plain weight is hooked once. Under FSDP2 the module holds a shard (a ``DTensor``) between passes
+        and, for its forward and backward, a whole ``nn.Parameter`` that FSDP2 all-gathers into and keeps
+        across passes; that parameter is hooked at the first forward that shows it. The hook drops the
+        gradient, so FSDP2 has nothing to reduce-scatter: each rank scores its own windows, as under DDP.
+        """
+        weight = linear.weight
+        weight.requires_grad_(True)
+        if not isinstance(weight, DTensor):
+            self._handles.append(weight.register_post_accumulate_grad_hook(hook))
+            return
+        hooked: set[int] = set()
+
+        def on_forward(module: nn.Module, _args: tuple) -> None:
+            whole = module.weight
+            if isinstance(whole, DTensor) or id(whole) in hooked:
+                return
+            hooked.add(id(whole))
+            whole.requires_grad_(True)  # FSDP2 made it when the shard may not have required grad yet
+            self._handles.append(whole.register_post_accumulate_grad_hook(hook))
+
+        self._handles.append(linear.register_forward_pre_hook(on_forward))
 
     def detach(self) -> None:
         for handle in self._handles:
@@ -205,14 +230,16 @@ class ImportanceAccumulator:
 
     def _pre_hook(self, module: nn.Module, fn: Callable[[torch.Tensor], object]) -> None:
         def hook(_module: nn.Module, args: tuple) -> None:
-            with torch.no_grad():
-                fn(args[0].detach())
+            if not self.paused:
+                with torch.no_grad():
+                    fn(args[0].detach())
 
         self._handles.append(module.register_forward_pre_hook(hook))
 
-    @staticmethod
-    def _influence_hook(s: LayerStatistics) -> Callable:
+    def _influence_hook(self, s: LayerStatistics) -> Callable:
         def hook(_layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            if self.paused:
+                return
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
             with torch.no_grad():
@@ -229,6 +256,9 @@ class ImportanceAccumulator:
         gradients = self.gradients
 
         def hook(param: torch.Tensor) -> None:
+            if self.paused:
+                param.grad = None
+                return
             with torch.no_grad():
                 grad = param.grad
                 score, moments = taylor_scores(param, grad, projection, groups, second, gradients is not None)
@@ -241,6 +271,8 @@ class ImportanceAccumulator:
 
     def count(self, tokens: int, loss: float | None = None) -> None:
         """Record one batch: its token count (for means and variances) and its calibration loss."""
+        if self.paused:
+            return
         self.tokens += tokens
         self.batches += 1
         if self.gradients is not None:
@@ -296,7 +328,7 @@ class ImportanceAccumulator:
                 else:
                     score = sum(
                         self._forward_score(
-                            getattr(m, name).weight, name, inputs[name], variance.get(name), m
+                            full_tensor(getattr(m, name).weight), name, inputs[name], variance.get(name), m
                         )
                         for name in names
                     )

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prunelight.models.adapters import FamilyAdapter, adapter_for
 from prunelight.models.loader import load_config, load_tokenizer, load_weights, resolve
+from prunelight.models.sharding import shard
 from prunelight.models.spec import DType, ModelSpec
 
 
@@ -73,3 +74,5 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = load_weights(self.spec, self._source)
+        if self._trainer is not None:  # under FSDP2 each decoder layer becomes a shard unit (once)
+            shard(self.model, self.adapter, self._trainer.strategy)

@@ -24,6 +24,7 @@ from prunelight.errors import ConfigError
 from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.sharding import refuse_sharding
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
 from prunelight.stages.recovery_report import finetune_summary
@@ -85,6 +86,7 @@ def run_finetune(
         raise ConfigError(
             "finetune needs training data: a data section (LanguageModelingDataModule by default)"
         )
+    refuse_sharding(trainer.strategy, "LoRA fine-tuning")
     check_zero_shot(evaluation)
     run_dir = Path(trainer.default_root_dir)
     analysis = run_dir / "analysis"

@@ -20,6 +20,7 @@ from prunelight.finetune.data import InstructionDataModule, LanguageModelingData
 from prunelight.finetune.lora import LoraSettings, target_modules
 from prunelight.finetune.module import FinetuneModule, TrainingSettings
 from prunelight.io import write_json
+from prunelight.models.sharding import refuse_sharding
 from prunelight.stages.finetune import RecoverySettings, run_finetune
 from prunelight.stages.prune import check_modules
 from prunelight.stages.recovery_report import RECOVERY_FILE
@@ -40,6 +41,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run the three stages; return ``analysis/recovery.json``'s content."""
     check_modules(module, datamodule)
+    refuse_sharding(trainer.strategy, "the pipeline (its LoRA fine-tuning)")
     finetune_data = finetune_data or LanguageModelingDataModule()
     if not isinstance(finetune_data, (LanguageModelingDataModule, InstructionDataModule)):
         raise ConfigError(

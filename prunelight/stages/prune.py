@@ -20,6 +20,7 @@ from prunelight.errors import ConfigError
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
 from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
@@ -49,6 +50,8 @@ def run_prune(
             "section (sparsity.pattern: unstructured or nm) or pick a structured criterion"
         )
     check_zero_shot(evaluation)
+    if evaluation is not None and evaluation.zero_shot is not None:
+        refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
     run_dir = Path(trainer.default_root_dir)
     (run_dir / "summary.md").unlink(missing_ok=True)
 
@@ -72,19 +75,23 @@ def run_prune(
         "mean_loss": calibrated.mean_loss,
         **peak_memory(device),
     }
-    model = module.model
-    dense_params = sum(p.numel() for p in model.parameters())
+    dense_params = sum(p.numel() for p in module.model.parameters())
     dense = evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
 
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
-    rank_seconds = time.perf_counter() - start
+    seconds = {"calibration": calibration["seconds"], "ranking": time.perf_counter() - start}
+    # FSDP2: the plan is applied to a whole copy on the CPU, on every rank that evaluates or saves it
+    keep = trainer.is_global_zero or evaluation is not None
+    model = _unsharded(module, keep, seconds)
     start = time.perf_counter()
-    means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
-    apply_plan(model, result.plan, compensation=means if compensation else None)
-    apply_seconds = time.perf_counter() - start
-    pruned_params = sum(p.numel() for p in model.parameters())
+    if model is not None:
+        means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
+        apply_plan(model, result.plan, compensation=means if compensation else None)
+    seconds["apply"] = time.perf_counter() - start
     pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+    model = _unsharded(module, trainer.is_global_zero, seconds)  # the evaluation sharded it again
+    pruned_params = sum(p.numel() for p in model.parameters()) if model is not None else None
 
     analysis = run_dir / "analysis"
     report = {
@@ -92,7 +99,7 @@ def run_prune(
         "parameters": {
             "dense": dense_params,
             "pruned": pruned_params,
-            "ratio": 1 - pruned_params / dense_params,
+            "ratio": 1 - pruned_params / dense_params if pruned_params is not None else None,
         },
         "prunable": {"target": result.target_params, "removed": result.removed_params},
         "perplexity": {"dense": part_of(dense, "perplexity"), "pruned": part_of(pruned, "perplexity")},
@@ -103,7 +110,7 @@ def run_prune(
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
         "diagnosis": vars(diagnosis),
-        "seconds": {"calibration": calibration["seconds"], "ranking": rank_seconds, "apply": apply_seconds},
+        "seconds": seconds,
     }
     if trainer.is_global_zero:
         write_json(analysis / "plan.json", result.to_dict())
@@ -115,6 +122,7 @@ def run_prune(
         write_json(analysis / "gradient_statistics.json", statistics)
         if save_model:
             start = time.perf_counter()
+            assert model is not None
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
             report["seconds"]["save"] = time.perf_counter() - start
         write_json(analysis / "prune.json", report)
@@ -135,3 +143,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Perplexity (and zero-shot, if set) of ``module``'s model as it is now (``analysis/*_<which>.json``)."""
     return evaluate_model(trainer, module.model, module.tokenizer, module.spec.name, settings, which)
+
+
+def _unsharded(module: CalibrationModule, keep: bool, seconds: dict[str, float]) -> Any:
+    """``module.model``, made whole on the CPU if FSDP2 sharded it (collective; None where not kept)."""
+    if module.model is None or not is_sharded(module.model):
+        return module.model
+    start = time.perf_counter()
+    module.model = unsharded_copy(module.model, keep)
+    seconds["unshard"] = seconds.get("unshard", 0.0) + time.perf_counter() - start
+    return module.model

@@ -32,6 +32,7 @@ from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.rank import layer_constraints
 from prunelight.ranking.sparsity import (
@@ -64,6 +65,7 @@ def run_sparse(
 ) -> dict[str, Any]:
     """Run the whole sparse stage; return what ``summary.md`` reports."""
     check_modules(module, datamodule)
+    refuse_sharding(trainer.strategy, "sparse pruning (a sparsity section)")
     sparsity.check()
     criterion = importance.criterion
     sparsity.check_criterion(criterion)

@@ -1,6 +1,6 @@
-"""One rank of a 2-process gloo DDP calibration (launched by test_ddp.py with torchrun-style variables).
+"""One rank of a 2-process gloo calibration (launched by test_ddp.py with torchrun-style variables).
 
-Usage: python ddp_worker.py <model folder> <criterion> <output file>
+Usage: python ddp_worker.py <model folder> <criterion> <output file> [ddp|fsdp]
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch
 
 from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.models.sharding import FullyShardedStrategy, is_sharded
 from prunelight.trainer import PrunelightTrainer
 
 
-def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
+def calibrate(folder: str, criterion: str, devices: int, strategy: str | FullyShardedStrategy) -> dict:
     module = CalibrationModule(path=folder, dtype="float32")
     data = CalibrationDataModule(
         [{"name": "wikitext2", "split": "validation"}], nsamples=6, seqlen=32, batch_size=1
@@ -38,11 +39,13 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str) -> dict:
         "gradients": result.gradients,
         "rank": trainer.global_rank,
         "world": trainer.world_size,
+        "sharded": is_sharded(module.model),
     }
 
 
 if __name__ == "__main__":
     folder, criterion, out = sys.argv[1:4]
-    scores = calibrate(folder, criterion, 2, "ddp")
+    fsdp = sys.argv[4:] == ["fsdp"]
+    scores = calibrate(folder, criterion, 2, FullyShardedStrategy() if fsdp else "ddp")
     if scores["rank"] == 0:
         torch.save(scores, out)

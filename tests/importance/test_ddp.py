@@ -1,9 +1,10 @@
-"""DDP with two CPU processes (gloo) gives the scores of one process on the same calibration windows."""
+"""DDP and FSDP2 with two CPU processes (gloo) give the scores of one process on the same windows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import launch_ddp
 from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
@@ -13,8 +14,8 @@ from prunelight.ranking import RankingConfig, rank
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _ddp(folder: Path, criterion: str, out: Path) -> dict:
-    launch_ddp(ROOT / "tests/importance/ddp_worker.py", str(folder), criterion, str(out))
+def _ddp(folder: Path, criterion: str, out: Path, strategy: str = "ddp") -> dict:
+    launch_ddp(ROOT / "tests/importance/ddp_worker.py", str(folder), criterion, str(out), strategy)
     return torch.load(out, weights_only=False)
 
 
@@ -45,3 +46,45 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path):
     plan = rank(two["table"], config).plan
     assert not plan.is_empty()
     assert plan == rank(one["table"], config).plan
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "wanda"])
+def test_fully_sharded_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
+    """FSDP2: taylor reads each rank's whole gradient from the gathered parameter (the gradient never
+    reaches the reduce-scatter); wanda reads the sharded weights whole when it scores."""
+    two = _ddp(tiny_llama, criterion, tmp_path / "fsdp.pt", "fsdp")
+    one = calibrate(str(tiny_llama), criterion, 1, "auto")
+    assert two["sharded"] and not one["sharded"]
+    assert two["world"] == 2 and two["tokens"] == one["tokens"]
+    for kind in ("attention", "mlp"):
+        for a, b in zip(two[kind], one[kind], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(two["block"], one["block"], rtol=1e-12, atol=1e-15)
+    for layer, means in one["means"].items():
+        for name in ("o", "down"):
+            torch.testing.assert_close(two["means"][layer][name], means[name], rtol=1e-12, atol=1e-15)
+    assert two["table"].layer_params == one["table"].layer_params  # whole sizes, not a shard's
+    assert two["table"].total_params == one["table"].total_params
+    if criterion == "taylor":
+        for two_layer, one_layer in zip(two["gradients"], one["gradients"], strict=True):
+            for kind in ("attention", "mlp"):
+                assert two_layer[kind]["elements"] == one_layer[kind]["elements"]
+                assert two_layer[kind]["max"] == one_layer[kind]["max"]
+    config = RankingConfig(ratio=0.4, temperature=1.0, tau=None)
+    plan = rank(two["table"], config).plan
+    assert not plan.is_empty()
+    assert plan == rank(one["table"], config).plan
+
+
+@pytest.mark.parametrize("even", [False, True])
+def test_batch_shards_cover_every_batch_once(even):
+    """Every batch on exactly one rank; with ``even`` (FSDP2) the short ranks are padded to one length."""
+    from prunelight.calibration.datamodule import PADDING, BatchShardSampler
+
+    batches, world = list(range(7)), 3
+    shards = [list(BatchShardSampler(batches, world, rank, even)) for rank in range(world)]
+    real = sorted(k for shard in shards for k in shard if k != PADDING)
+    assert real == batches
+    lengths = {len(shard) for shard in shards}
+    assert lengths == ({3} if even else {3, 2})
+    assert sum(shard.count(PADDING) for shard in shards) == (2 if even else 0)

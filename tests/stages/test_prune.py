@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_ddp
+from safetensors.torch import load_file
 
 import prunelight
 from prunelight.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 WIKI_VALID = "[{name: wikitext2, split: validation}]"
 
@@ -109,4 +114,52 @@ def test_bad_input_is_one_line_and_no_folder(tiny_llama, tmp_path, capsys, optio
     err = capsys.readouterr().err
     assert "prunelight: error:" in err and message in err
     assert "Traceback" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_fsdp2_prune_saves_the_model_of_one_process(tiny_llama, tmp_path):
+    """Two FSDP2 ranks (gloo): the same plan, the same saved weights, and the same pruned perplexity as one
+    process; the apply stage runs on a whole copy gathered from the shards."""
+    options = ["--importance.criterion", "taylor", "--ranking.ratio", "0.3", "--data.nsamples", "6"]
+    sharded = [
+        "--trainer.strategy", "fsdp2",
+        "--trainer.accelerator", "cpu",
+        "--trainer.devices", "2",
+        "--results_root", str(tmp_path / "sharded"),
+    ]  # fmt: skip
+    launch_ddp(ROOT / "tests/stages/cli_worker.py", *_args(tiny_llama, tmp_path, *options, *sharded))
+    main(_args(tiny_llama, tmp_path, *options, "--results_root", str(tmp_path / "one")))
+    one, two = (tmp_path / root / tiny_llama.name / "run" for root in ("one", "sharded"))
+    assert (two / "summary.md").is_file()
+    plan = json.loads((one / "analysis/plan.json").read_text())
+    assert plan["removed_params"] > 0
+    assert json.loads((two / "analysis/plan.json").read_text()) == plan
+    a = load_file(one / "pruned_model/model.safetensors")
+    b = load_file(two / "pruned_model/model.safetensors")
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+    reports = [json.loads((run / "analysis/prune.json").read_text()) for run in (one, two)]
+    assert reports[0]["parameters"] == reports[1]["parameters"]
+    assert "unshard" in reports[1]["seconds"] and "unshard" not in reports[0]["seconds"]
+    for which in ("dense", "pruned"):
+        ppl = [r["perplexity"][which]["wikitext2"] for r in reports]
+        assert ppl[1] == pytest.approx(ppl[0], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        ["--sparsity.pattern", "unstructured", "--sparsity.sparsity", "0.5"],
+        ["--evaluation.zero_shot.tasks", "[piqa]"],
+    ],
+)
+def test_fsdp2_refuses_what_it_does_not_run(tiny_llama, tmp_path, capsys, section):
+    with pytest.raises(SystemExit):
+        main(
+            _args(
+                tiny_llama, tmp_path, "--trainer.strategy", "fsdp2", "--trainer.accelerator", "cpu", *section
+            )
+        )
+    assert "does not run under FSDP2" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()

@@ -1,0 +1,139 @@
+"""FSDP2 (``fully_shard``) for models that do not fit one GPU: each decoder layer is one shard unit.
+
+Why FSDP2 and not Lightning's ``FSDPStrategy`` (FSDP1): FSDP1 flattens a unit's weights into one buffer and
+reduce-scatters the gradient before any per-weight hook can see it, so Taylor importance, which needs each
+rank's own ``|W * g|`` of the full weight, would have to unflatten FSDP internals. FSDP2 all-gathers each
+weight into a plain, persistent ``nn.Parameter`` for the forward and backward of its layer; a gradient hook
+on that parameter sees the rank's full local gradient next to the full weight, exactly as on one process,
+and the score is folded in and the gradient dropped before FSDP2 would reduce-scatter it (no gradient
+communication at all). FSDP2 also runs on CPU with gloo, which is how the test suite proves that N sharded
+processes give the scores and the plan of one.
+
+Usage: ``trainer.strategy: fsdp2`` (registered with Lightning below) and ``trainer.devices: N``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from prunelight.errors import ConfigError
+from prunelight.models.adapters import FamilyAdapter
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """Lightning's :class:`ModelParallelStrategy` as pure FSDP2: every process is one data-parallel shard.
+
+    ``ModelParallelStrategy`` defaults to tensor parallelism across a node's devices; prunelight shards the
+    model only along the data-parallel dimension (each rank calibrates on its share of the windows), so both
+    sizes are fixed here and the user names just the strategy and the devices.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        for fixed in ("data_parallel_size", "tensor_parallel_size"):
+            if fixed in kwargs:
+                raise ConfigError(
+                    f"FullyShardedStrategy shards over all processes and takes no {fixed}; set "
+                    "trainer.devices (and num_nodes) instead"
+                )
+        super().__init__(data_parallel_size=1, tensor_parallel_size=1, **kwargs)
+
+    def setup_environment(self) -> None:
+        # the world size is known only once the devices are: every process is a data-parallel rank
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+if "fsdp2" not in StrategyRegistry:
+    StrategyRegistry.register(
+        "fsdp2", FullyShardedStrategy, description="prunelight: FSDP2, each decoder layer one shard unit"
+    )
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to ``model`` or any of its submodules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
+    """``fully_shard`` each decoder layer, then the root (embeddings, final norm, head), once.
+
+    Called from ``configure_model`` on every stage; a model that is sharded already is left alone, and any
+    strategy other than FSDP2 leaves the model as it is.
+    """
+    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
+        return
+    mesh = strategy.device_mesh
+    if mesh["tensor_parallel"].size() != 1:
+        raise ConfigError(
+            "prunelight shards models with FSDP2 only (no tensor parallelism); use "
+            "prunelight.models.sharding.FullyShardedStrategy, or ModelParallelStrategy with "
+            "tensor_parallel_size: 1"
+        )
+    from torch.distributed.fsdp import fully_shard
+
+    data_parallel = mesh["data_parallel"]
+    layers = adapter.decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=data_parallel)
+    fully_shard(model, mesh=data_parallel)
+
+
+def refuse_sharding(strategy: object, what: str) -> None:
+    """Fail early, with the way out, for a stage that does not run under FSDP2 yet."""
+    if isinstance(strategy, ModelParallelStrategy):
+        raise ConfigError(
+            f"{what} does not run under FSDP2 (FullyShardedStrategy) yet; only structured pruning "
+            "(prune without a sparsity section) and perplexity evaluation do. Run it with strategy: ddp "
+            "or auto on a model that fits one device"
+        )
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a sharded ``DTensor`` is all-gathered (a collective: every rank must call it)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def unsharded_copy(model: nn.Module, keep: bool = True) -> nn.Module | None:
+    """A plain copy of a sharded model on the CPU, every weight whole; None where ``keep`` is False.
+
+    A collective: every rank must call it (each weight is all-gathered in turn, so a rank that does not
+    keep the copy holds one weight at a time). The apply stage changes weight shapes, which a sharded
+    model cannot take, so it works on this copy; host memory is one whole model per rank that keeps it.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        whole = full_tensor(tensor.detach())
+        if keep:
+            state[name] = whole.cpu()
+        del whole
+    if not keep:
+        return None
+    # fully_shard swapped the model's class for an FSDP subclass; the copy is of the original class
+    original = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = original._from_config(model.config, dtype=next(iter(state.values())).dtype)
+    plain.load_state_dict(state, assign=True, strict=False)
+    plain.tie_weights()
+    # what is not in the state dict (rotary inv_freq buffers, tensors kept as plain attributes) is
+    # computed at construction, so on meta here: it is taken from the model, which is not sharded there
+    for name, sub in plain.named_modules():
+        source = model.get_submodule(name)
+        for attr, buffer in list(sub.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                sub.register_buffer(attr, source.get_buffer(attr).detach().cpu().clone(), persistent=False)
+        for attr, value in list(vars(sub).items()):
+            if isinstance(value, torch.Tensor) and value.is_meta:
+                setattr(sub, attr, getattr(source, attr).detach().cpu().clone())
+    missing = [name for name, p in plain.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"unsharding left weights on the meta device: {missing[:5]}")
+    return plain.eval()
