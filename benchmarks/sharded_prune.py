@@ -17,6 +17,7 @@ On CPU (``--device cpu``, gloo) the same script runs a tiny shape, as a check of
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -121,6 +122,25 @@ def fingerprint(plan: object) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def differing_groups(a: dict, b: dict) -> int:
+    """Attention groups and MLP channels removed by one plan and kept by the other."""
+    count = 0
+    for x, y in zip(a["plan"]["layers"], b["plan"]["layers"], strict=True):
+        for key in ("attention_groups", "mlp_channels"):
+            count += len(set(x[key]) ^ set(y[key]))
+    return count
+
+
+def compare(files: list[Path]) -> None:
+    """Print, per criterion, how many groups each plan file's plan differs from the first one's in."""
+    plans = [json.loads(f.read_text()) for f in files]
+    print("| criterion | " + " | ".join(f.stem for f in files[1:]) + f" | (against {files[0].stem})")
+    print("| --- " * len(files) + "|")
+    for criterion, first in plans[0].items():
+        cells = [str(differing_groups(first, p[criterion])) if criterion in p else "-" for p in plans[1:]]
+        print(f"| {criterion} | " + " | ".join(cells) + " |")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -153,6 +173,7 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     start = time.perf_counter()
     model = module.model
     model = unsharded_copy(model, keep=trainer.is_global_zero) if is_sharded(model) else model.cpu()
+    module.model = None  # the sharded model's GPU memory goes before the next criterion's run
     seconds["unshard / to CPU"] = time.perf_counter() - start
     plan = result.to_dict()
     if trainer.is_global_zero:
@@ -163,6 +184,10 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             save_pruned(model, None, Path(folder) / "pruned")
         seconds["save"] = time.perf_counter() - start
+    del module, trainer, model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     peaks = [memory]
     if dist.is_initialized():
         peaks = [None] * dist.get_world_size()
@@ -186,7 +211,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--plan-out", type=Path, default=None, help="JSON of each criterion's plan")
+    parser.add_argument("--compare", type=Path, nargs="+", help="only compare these --plan-out files")
     args = parser.parse_args()
+    if args.compare:
+        return compare(args.compare)
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
     rows, plans = [], {}
