@@ -39,6 +39,15 @@ SHAPES = {
         num_key_value_heads=8, num_hidden_layers=32, vocab_size=128256, max_position_embeddings=8192,
         rope_theta=500000.0,
     ),
+    "llama-2-70b": dict(
+        model_type="llama", hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
+        num_key_value_heads=8, num_hidden_layers=80, vocab_size=32000, max_position_embeddings=4096,
+    ),
+    "llama-3-70b": dict(
+        model_type="llama", hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
+        num_key_value_heads=8, num_hidden_layers=80, vocab_size=128256, max_position_embeddings=8192,
+        rope_theta=500000.0,
+    ),
 }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ import gc
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,24 +40,15 @@ from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
 from prunelight.trainer import PrunelightTrainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import calibration_cost  # noqa: E402  (the shapes the other benchmarks use)
+
 SHAPES = {
+    **calibration_cost.SHAPES,
     "tiny": dict(
         model_type="llama", hidden_size=64, intermediate_size=96, num_attention_heads=4,
         num_key_value_heads=2, num_hidden_layers=4, vocab_size=512, max_position_embeddings=256,
-    ),
-    "llama-3-8b": dict(
-        model_type="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-        num_key_value_heads=8, num_hidden_layers=32, vocab_size=128256, max_position_embeddings=8192,
-        rope_theta=500000.0,
-    ),
-    "llama-2-70b": dict(
-        model_type="llama", hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
-        num_key_value_heads=8, num_hidden_layers=80, vocab_size=32000, max_position_embeddings=4096,
-    ),
-    "llama-3-70b": dict(
-        model_type="llama", hidden_size=8192, intermediate_size=28672, num_attention_heads=64,
-        num_key_value_heads=8, num_hidden_layers=80, vocab_size=128256, max_position_embeddings=8192,
-        rope_theta=500000.0,
     ),
 }  # fmt: skip
 
