@@ -11,7 +11,7 @@ import torch
 
 from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
-from prunelight.models.sharding import FullyShardedStrategy, is_sharded
+from prunelight.models.sharding import FullyShardedStrategy, is_sharded, unsharded_copy
 from prunelight.trainer import PrunelightTrainer
 
 
@@ -29,6 +29,10 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str | FullySh
         enable_model_summary=False,
     )
     result = trainer.calibrate(module, data, ImportanceCallback(criterion, input_means=True))
+    sharded = is_sharded(module.model)
+    whole = unsharded_copy(module.model) if sharded else module.model  # a collective: every rank
+    with torch.no_grad():
+        logits = whole(input_ids=torch.arange(24)[None] % whole.config.vocab_size).logits
     return {
         "attention": result.table.attention,
         "mlp": result.table.mlp,
@@ -39,7 +43,9 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str | FullySh
         "gradients": result.gradients,
         "rank": trainer.global_rank,
         "world": trainer.world_size,
-        "sharded": is_sharded(module.model),
+        "sharded": sharded,
+        "logits": logits,
+        "whole_is_sharded": is_sharded(whole),
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_ddp
+from conftest import build_tiny, launch_ddp
 from ddp_worker import calibrate  # tests/importance is on sys.path (pytest rootdir-less import)
 
 from prunelight.ranking import RankingConfig, rank
@@ -48,13 +48,19 @@ def test_two_processes_give_the_scores_of_one(tiny_llama, tmp_path):
     assert plan == rank(one["table"], config).plan
 
 
-@pytest.mark.parametrize("criterion", ["taylor", "wanda"])
-def test_fully_sharded_processes_give_the_scores_of_one(tiny_llama, tmp_path, criterion):
+SHARDED_CASES = [("llama", "taylor"), ("llama", "wanda"), ("gemma3", "taylor"), ("qwen2", "wanda")]
+
+
+@pytest.mark.parametrize(("family", "criterion"), SHARDED_CASES)
+def test_fully_sharded_processes_give_the_scores_of_one(tiny_tokenizer, tmp_path, family, criterion):
     """FSDP2: taylor reads each rank's whole gradient from the gathered parameter (the gradient never
-    reaches the reduce-scatter); wanda reads the sharded weights whole when it scores."""
-    two = _ddp(tiny_llama, criterion, tmp_path / "fsdp.pt", "fsdp")
-    one = calibrate(str(tiny_llama), criterion, 1, "auto")
-    assert two["sharded"] and not one["sharded"]
+    reaches the reduce-scatter); wanda reads the sharded weights whole when it scores. The whole copy
+    gathered from the shards (what the apply stage prunes) computes the logits of the model itself."""
+    folder = build_tiny(family, tiny_tokenizer, tmp_path / family)
+    two = _ddp(folder, criterion, tmp_path / "fsdp.pt", "fsdp")
+    one = calibrate(str(folder), criterion, 1, "auto")
+    assert two["sharded"] and not one["sharded"] and not two["whole_is_sharded"]
+    torch.testing.assert_close(two["logits"], one["logits"], rtol=0, atol=0)
     assert two["world"] == 2 and two["tokens"] == one["tokens"]
     for kind in ("attention", "mlp"):
         for a, b in zip(two[kind], one[kind], strict=True):
