@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
@@ -33,6 +34,13 @@ class PrunelightTrainer(L.Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if isinstance(self.strategy, ModelParallelStrategy):
+            # FSDP2 keeps its all-gather buffers across passes; made under inference mode they become
+            # inference tensors, which a later pass cannot use (torch 2.11 fails already in evaluation with
+            # one rank). Evaluation under FSDP2 runs in no_grad instead.
+            loops = (self.validate_loop, self.test_loop, self.predict_loop, self.fit_loop.epoch_loop.val_loop)
+            for loop in loops:
+                loop.inference_mode = False
         # Lightning would put checkpoints under the logger's folder (tb/); a run's checkpoints are its own.
         for callback in self.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:

@@ -1,0 +1,32 @@
+"""The FSDP2 strategy's contract with Lightning and the user (the sharded runs are in test_ddp/test_prune)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunelight.errors import ConfigError
+from prunelight.models.sharding import FullyShardedStrategy, refuse_sharding
+from prunelight.trainer import PrunelightTrainer
+
+
+def _trainer(strategy: object) -> PrunelightTrainer:
+    return PrunelightTrainer(accelerator="cpu", devices=1, strategy=strategy, logger=False)
+
+
+def test_fsdp2_is_a_strategy_name_and_evaluates_without_inference_mode():
+    """FSDP2's all-gather buffers outlive a pass: made under inference mode they break the next pass."""
+    trainer = _trainer("fsdp2")
+    assert isinstance(trainer.strategy, FullyShardedStrategy)
+    assert not trainer.test_loop.inference_mode and not trainer.validate_loop.inference_mode
+    assert _trainer("auto").test_loop.inference_mode  # everything else keeps Lightning's default
+
+
+def test_fsdp2_takes_no_parallel_sizes():
+    with pytest.raises(ConfigError, match="set trainer.devices"):
+        FullyShardedStrategy(tensor_parallel_size=2)
+
+
+def test_stages_that_do_not_shard_say_so():
+    refuse_sharding(_trainer("auto").strategy, "anything")  # no FSDP2, no complaint
+    with pytest.raises(ConfigError, match="LoRA fine-tuning does not run under FSDP2"):
+        refuse_sharding(_trainer("fsdp2").strategy, "LoRA fine-tuning")
