@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prunelight.models.adapters import FamilyAdapter, adapter_for
 from prunelight.models.loader import load_config, load_tokenizer, load_weights, resolve
-from prunelight.models.sharding import shard
+from prunelight.models.sharding import is_fully_sharded, load_shards, shard, shard_loadable
 from prunelight.models.spec import DType, ModelSpec
 
 
@@ -72,7 +72,13 @@ class CausalLMModule(L.LightningModule):
         return getattr(self.config, "max_position_embeddings", None)
 
     def configure_model(self) -> None:
+        strategy = self._trainer.strategy if self._trainer is not None else None
         if self.model is None:
-            self.model = load_weights(self.spec, self._source)
-        if self._trainer is not None:  # under FSDP2 each decoder layer becomes a shard unit (once)
-            shard(self.model, self.adapter, self._trainer.strategy)
+            if is_fully_sharded(strategy) and shard_loadable(self._source, self.config):
+                self.model = load_shards(
+                    self.config, self.spec.torch_dtype(), self._source.location, self.adapter, strategy
+                )
+            else:
+                self.model = load_weights(self.spec, self._source)
+        if strategy is not None:  # under FSDP2 each decoder layer becomes a shard unit (once)
+            shard(self.model, self.adapter, strategy)

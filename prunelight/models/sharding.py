@@ -14,6 +14,7 @@ Usage: ``trainer.strategy: fsdp2`` (registered with Lightning below) and ``train
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +53,11 @@ if "fsdp2" not in StrategyRegistry:
     StrategyRegistry.register(
         "fsdp2", FullyShardedStrategy, description="prunelight: FSDP2, each decoder layer one shard unit"
     )
+
+
+def is_fully_sharded(strategy: object) -> bool:
+    """Whether ``strategy`` shards models with FSDP2 (prunelight's ``fsdp2`` or ModelParallelStrategy)."""
+    return isinstance(strategy, ModelParallelStrategy)
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -137,3 +143,73 @@ def unsharded_copy(model: nn.Module, keep: bool = True) -> nn.Module | None:
     if missing:
         raise RuntimeError(f"unsharding left weights on the meta device: {missing[:5]}")
     return plain.eval()
+
+
+def shard_loadable(source: object, config: object) -> bool:
+    """Whether each rank can read just its shards: a local folder of ``.safetensors`` files of a stock
+    (not pruned) model; anything else is loaded whole on every rank, then sharded."""
+    from prunelight.save.layers import LAYERS_ATTRIBUTE
+
+    location = Path(getattr(source, "location", ""))
+    return (
+        getattr(source, "local", False)
+        and not getattr(source, "gguf_file", None)
+        and getattr(config, LAYERS_ATTRIBUTE, None) is None
+        and any(location.glob("*.safetensors"))
+    )
+
+
+def load_shards(
+    config: Any, dtype: torch.dtype | str, folder: str, adapter: FamilyAdapter, strategy: Any
+) -> nn.Module:
+    """Build the model with its weights on the meta device, shard it, and read into each rank only the
+    rows of every weight that the rank holds (``safe_open(...).get_slice``: the other rows are never read).
+
+    Host and device memory per rank is then one shard of the model, where ``from_pretrained`` on every
+    rank would need the whole model N times in host memory (a 70B model is 140 GB in bf16).
+    """
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, and small
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.tie_weights()  # the empty-weights context gives the head its own parameter; tie it again
+    model.eval()
+    shard(model, adapter, strategy)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    device = strategy.root_device
+    model.to_empty(device=device)
+    params = dict(model.named_parameters())  # tied weights appear once, under the name the file uses
+    loaded: set[str] = set()
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            model.get_buffer(name).copy_(buffer)
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    param = params.get(key)
+                    if param is None:
+                        continue
+                    local = param.to_local() if isinstance(param, DTensor) else param
+                    start = _shard_start(param) if isinstance(param, DTensor) else 0
+                    local.copy_(f.get_slice(key)[start : start + local.shape[0]])
+                    loaded.add(key)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ConfigError(
+            f"{folder}: no weights for {missing[:3]} ({len(missing)} in all) under the names the model "
+            "uses; FSDP2 reads shards of stock Hugging Face checkpoints only. Save the model with "
+            "save_pretrained, or run with strategy: ddp or auto"
+        )
+    return model
+
+
+def _shard_start(param: DTensor) -> int:
+    """First row of this rank's shard (FSDP2 shards dim 0 in ``torch.chunk`` pieces)."""
+    mesh = param.device_mesh
+    rows, ranks = param.shape[0], mesh.size()
+    return min(mesh.get_local_rank() * -(-rows // ranks), rows)
