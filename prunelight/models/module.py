@@ -74,7 +74,7 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None
         if self.model is None:
-            if is_fully_sharded(strategy) and shard_loadable(self._source, self.config):
+            if is_fully_sharded(strategy) and shard_loadable(self._source):
                 self.model = load_shards(
                     self.config, self.spec.torch_dtype(), self._source.location, self.adapter, strategy
                 )

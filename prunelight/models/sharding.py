@@ -145,16 +145,14 @@ def unsharded_copy(model: nn.Module, keep: bool = True) -> nn.Module | None:
     return plain.eval()
 
 
-def shard_loadable(source: object, config: object) -> bool:
-    """Whether each rank can read just its shards: a local folder of ``.safetensors`` files of a stock
-    (not pruned) model; anything else is loaded whole on every rank, then sharded."""
-    from prunelight.save.layers import LAYERS_ATTRIBUTE
-
+def shard_loadable(source: object) -> bool:
+    """Whether each rank can read just its shards: a local folder of ``.safetensors`` files (a stock
+    checkpoint, or a pruned one, whose config builds its per-layer shapes); GGUF files and hub ids are
+    loaded whole on every rank, then sharded."""
     location = Path(getattr(source, "location", ""))
     return (
         getattr(source, "local", False)
         and not getattr(source, "gguf_file", None)
-        and getattr(config, LAYERS_ATTRIBUTE, None) is None
         and any(location.glob("*.safetensors"))
     )
 

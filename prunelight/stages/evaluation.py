@@ -34,7 +34,14 @@ def evaluate_model(
     Returns ``{"perplexity": {corpus: ppl}, "zero_shot": <zero_shot() result> or None}``. The zero-shot
     tasks run on rank 0 only (lm-eval has its own notion of ranks; a DDP run would repeat them).
     """
-    evaluator = PerplexityModule.from_model(model, tokenizer, name)
+    return evaluate_module(trainer, PerplexityModule.from_model(model, tokenizer, name), settings, which)
+
+
+def evaluate_module(
+    trainer: PrunelightTrainer, evaluator: PerplexityModule, settings: EvaluationSettings, which: str
+) -> dict[str, Any]:
+    """:func:`evaluate_model` for a module that may load its model itself (from a folder, shard by shard
+    under FSDP2)."""
     data = PerplexityDataModule(
         settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows
     )
@@ -45,7 +52,7 @@ def evaluate_model(
         from prunelight.evaluate.zeroshot import write_zero_shot
         from prunelight.evaluate.zeroshot import zero_shot as run_zero_shot
 
-        zero_shot = run_zero_shot(model, tokenizer, settings.zero_shot)
+        zero_shot = run_zero_shot(evaluator.model, evaluator.tokenizer, settings.zero_shot)
         write_zero_shot(Path(trainer.default_root_dir), zero_shot, which)
     return {"perplexity": perplexity, "zero_shot": zero_shot}
 

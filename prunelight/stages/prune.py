@@ -6,6 +6,7 @@ under a temporary name and renamed, and a failure removes what the run created.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,13 +18,14 @@ from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
+from prunelight.evaluate import PerplexityModule
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
 from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
-from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
+from prunelight.stages.evaluation import check_zero_shot, evaluate_model, evaluate_module, part_of
 from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
 
@@ -81,16 +83,22 @@ def run_prune(
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
     seconds = {"calibration": calibration["seconds"], "ranking": time.perf_counter() - start}
-    # FSDP2: the plan is applied to a whole copy on the CPU, on every rank that evaluates or saves it
-    keep = trainer.is_global_zero or evaluation is not None
-    model = _unsharded(module, keep, seconds)
+    # FSDP2: the plan is applied to a whole copy on rank 0's CPU (None on the other ranks)
+    sharded = is_sharded(module.model)
+    model = _unsharded(module, trainer.is_global_zero, seconds)
     start = time.perf_counter()
     if model is not None:
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         apply_plan(model, result.plan, compensation=means if compensation else None)
     seconds["apply"] = time.perf_counter() - start
-    pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
-    model = _unsharded(module, trainer.is_global_zero, seconds)  # the evaluation sharded it again
+    saved = None
+    if sharded and evaluation is not None:
+        # every rank reads its shards of the pruned model back from the folder rank 0 writes first
+        saved = _save(trainer, model, module, run_dir / "pruned_model", seconds)
+        evaluator = PerplexityModule(path=str(saved), dtype=module.spec.dtype)
+        pruned = evaluate_module(trainer, evaluator, evaluation, "pruned")
+    else:
+        pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
     pruned_params = sum(p.numel() for p in model.parameters()) if model is not None else None
 
     analysis = run_dir / "analysis"
@@ -120,15 +128,31 @@ def run_prune(
             importance.criterion, calibrated.table, result, calibrated.gradients, calibrated.mean_loss
         )
         write_json(analysis / "gradient_statistics.json", statistics)
-        if save_model:
+        if save_model and saved is None:
             start = time.perf_counter()
             assert model is not None
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
-            report["seconds"]["save"] = time.perf_counter() - start
+            seconds["save"] = time.perf_counter() - start
+        elif saved is not None and not save_model:  # written only for the evaluation
+            shutil.rmtree(saved)
         write_json(analysis / "prune.json", report)
         write_diagnostics(run_dir)  # diagnosis, plots, TensorBoard, and summary.md last
     trainer.strategy.barrier()
     return report
+
+
+def _save(
+    trainer: PrunelightTrainer, model: Any, module: CalibrationModule, folder: Path, seconds: dict[str, float]
+) -> Path:
+    """Rank 0 writes the pruned model (the only rank that holds it whole); the others wait for it. Every
+    rank calls this."""
+    if trainer.is_global_zero:
+        start = time.perf_counter()
+        assert model is not None
+        save_pruned(model, module.tokenizer, folder)
+        seconds["save"] = time.perf_counter() - start
+    trainer.strategy.barrier()
+    return folder
 
 
 def check_modules(module: object, datamodule: object) -> None:

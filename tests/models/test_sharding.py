@@ -32,17 +32,15 @@ def test_stages_that_do_not_shard_say_so():
         refuse_sharding(_trainer("fsdp2").strategy, "LoRA fine-tuning")
 
 
-def test_only_stock_safetensors_folders_are_read_shard_by_shard(tiny_llama, tmp_path):
-    """The others (GGUF, hub ids, pruned models with per-layer sizes) are loaded whole, then sharded."""
+def test_only_local_safetensors_folders_are_read_shard_by_shard(tiny_llama, tmp_path):
+    """The others (GGUF files, hub ids) are loaded whole on every rank, then sharded."""
     from types import SimpleNamespace
 
     from prunelight.models.loader import resolve
     from prunelight.models.sharding import shard_loadable
     from prunelight.models.spec import ModelSpec
-    from prunelight.save.layers import LAYERS_ATTRIBUTE
 
-    source = resolve(ModelSpec(str(tiny_llama)))
-    assert shard_loadable(source, SimpleNamespace())
-    assert not shard_loadable(source, SimpleNamespace(**{LAYERS_ATTRIBUTE: []}))
-    assert not shard_loadable(SimpleNamespace(location=str(tmp_path), local=True, gguf_file=None), None)
-    assert not shard_loadable(SimpleNamespace(location=str(tiny_llama), local=True, gguf_file="m.gguf"), None)
+    assert shard_loadable(resolve(ModelSpec(str(tiny_llama))))
+    assert not shard_loadable(SimpleNamespace(location=str(tmp_path), local=True, gguf_file=None))
+    assert not shard_loadable(SimpleNamespace(location=str(tiny_llama), local=True, gguf_file="m.gguf"))
+    assert not shard_loadable(SimpleNamespace(location="org/name", local=False, gguf_file=None))
