@@ -10,6 +10,7 @@ import torch
 from callbacks.layer_inputs import sum_across_ranks
 from prunelight.errors import ConfigError
 from prunelight.importance import Calibrated, ImportanceAccumulator, criterion_info
+from prunelight.models.sharding import is_fully_sharded
 
 
 class ImportanceCallback(L.Callback):
@@ -48,6 +49,14 @@ class ImportanceCallback(L.Callback):
         self.result: Calibrated | None = None
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.aggregation == "sample" and is_fully_sharded(trainer.strategy) and datamodule is not None:
+            nsamples, batch_size = datamodule.nsamples, datamodule.batch_size
+            if nsamples % batch_size:  # a short last batch would run fewer passes than the other ranks'
+                raise ConfigError(
+                    f"aggregation 'sample' under FSDP2 needs nsamples ({nsamples}) to be a multiple of "
+                    f"batch_size ({batch_size}): every rank must run as many forward passes"
+                )
         pl_module.backward = self.info.needs_gradients
         pl_module.per_sample = self.aggregation == "sample"
         pl_module.criterion = self.criterion
@@ -86,6 +95,7 @@ class ImportanceCallback(L.Callback):
         strategy = trainer.strategy
         self.accumulator.reduce(sum_across_ranks(trainer), lambda t: _max(strategy, t))
         self.result = self.accumulator.result()
+        self.accumulator = None  # it holds the model: the stages that follow may replace it (FSDP2)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -19,6 +19,7 @@ from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.importance import Calibrated
+from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig
 from prunelight.stages.finetune import RecoverySettings
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
@@ -62,6 +63,7 @@ class PrunelightTrainer(L.Trainer):
         from prunelight.evaluate.zeroshot import zero_shot as run_zero_shot
 
         if zero_shot is not None:
+            refuse_sharding(self.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
             check_tasks(zero_shot)  # an unknown task or missing data fails before the model loads
         report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
         with _removed_on_failure(Path(self.default_root_dir)):

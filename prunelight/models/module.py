@@ -76,7 +76,12 @@ class CausalLMModule(L.LightningModule):
         if self.model is None:
             if is_fully_sharded(strategy) and shard_loadable(self._source):
                 self.model = load_shards(
-                    self.config, self.spec.torch_dtype(), self._source.location, self.adapter, strategy
+                    self.config,
+                    self.spec.torch_dtype(),
+                    self._source.location,
+                    self.adapter,
+                    strategy,
+                    self.spec.trust_remote_code,
                 )
             else:
                 self.model = load_weights(self.spec, self._source)

@@ -14,6 +14,7 @@ Usage: ``trainer.strategy: fsdp2`` (registered with Lightning below) and ``train
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -153,28 +154,49 @@ def shard_loadable(source: object) -> bool:
     return (
         getattr(source, "local", False)
         and not getattr(source, "gguf_file", None)
-        and any(location.glob("*.safetensors"))
+        and bool(checkpoint_files(location))
     )
 
 
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The model's safetensors files: those of the shard index if there is one, else ``model.safetensors``
+    (adapter or stale files lying next to them are not the model)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
 def load_shards(
-    config: Any, dtype: torch.dtype | str, folder: str, adapter: FamilyAdapter, strategy: Any
+    config: Any,
+    dtype: torch.dtype | str,
+    folder: str,
+    adapter: FamilyAdapter,
+    strategy: Any,
+    trust_remote_code: bool = False,
 ) -> nn.Module:
     """Build the model with its weights on the meta device, shard it, and read into each rank only the
     rows of every weight that the rank holds (``safe_open(...).get_slice``: the other rows are never read).
 
-    Host and device memory per rank is then one shard of the model, where ``from_pretrained`` on every
-    rank would need the whole model N times in host memory (a 70B model is 140 GB in bf16).
+    Host memory per rank is then one shard of the model, where ``from_pretrained`` on every rank would need
+    the whole model N times in host memory (a 70B model is 140 GB in bf16). ``dtype="auto"`` is the
+    checkpoint's, as ``from_pretrained`` reads it.
     """
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    files = checkpoint_files(Path(folder))
     if dtype == "auto":
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        with safe_open(str(files[0]), framework="pt", device="cpu") as f:
+            stored = f.get_slice(next(iter(f.keys()))).get_dtype()  # noqa: SIM118
+        dtype = _SAFETENSORS_DTYPES.get(stored, torch.float32)
     with init_empty_weights(include_buffers=False):  # buffers (rotary tables) are computed, and small
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     model.tie_weights()  # the empty-weights context gives the head its own parameter; tie it again
     model.eval()
     shard(model, adapter, strategy)
@@ -186,12 +208,18 @@ def load_shards(
     with torch.no_grad():
         for name, buffer in buffers.items():
             model.get_buffer(name).copy_(buffer)
-        for file in sorted(Path(folder).glob("*.safetensors")):
+        for file in files:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                     param = params.get(key)
                     if param is None:
                         continue
+                    stored = f.get_slice(key).get_shape()
+                    if list(stored) != list(param.shape):
+                        raise ConfigError(
+                            f"{file}: {key} is {list(stored)} in the checkpoint but {list(param.shape)} "
+                            "in the model its config builds; the config does not match the weights"
+                        )
                     local = param.to_local() if isinstance(param, DTensor) else param
                     start = _shard_start(param) if isinstance(param, DTensor) else 0
                     local.copy_(f.get_slice(key)[start : start + local.shape[0]])
@@ -200,8 +228,8 @@ def load_shards(
     if missing:
         raise ConfigError(
             f"{folder}: no weights for {missing[:3]} ({len(missing)} in all) under the names the model "
-            "uses; FSDP2 reads shards of stock Hugging Face checkpoints only. Save the model with "
-            "save_pretrained, or run with strategy: ddp or auto"
+            "uses; FSDP2 reads shards of checkpoints written by save_pretrained (or save_pruned) only. "
+            "Save the model with save_pretrained, or run with strategy: ddp or auto"
         )
     return model
 

@@ -6,10 +6,13 @@ under a temporary name and renamed, and a failure removes what the run created.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from callbacks.importance import ImportanceCallback
 from prunelight.apply import LayerInputMeans, apply_plan
@@ -91,14 +94,17 @@ def run_prune(
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         apply_plan(model, result.plan, compensation=means if compensation else None)
     seconds["apply"] = time.perf_counter() - start
-    saved = None
-    if sharded and evaluation is not None:
-        # every rank reads its shards of the pruned model back from the folder rank 0 writes first
-        saved = _save(trainer, model, module, run_dir / "pruned_model", seconds)
-        evaluator = PerplexityModule(path=str(saved), dtype=module.spec.dtype)
-        pruned = evaluate_module(trainer, evaluator, evaluation, "pruned")
-    else:
-        pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+    staged = run_dir / ".pruned_model.staging"  # FSDP2: the pruned model, for the ranks to read back
+    try:
+        if sharded and evaluation is not None:
+            _save(trainer, model, module, staged, seconds)
+            evaluator = PerplexityModule(path=str(staged), dtype=module.spec.dtype)
+            pruned = evaluate_module(trainer, evaluator, evaluation, "pruned")
+        else:
+            pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+    except BaseException:
+        _remove_staged(trainer, staged)
+        raise
     pruned_params = sum(p.numel() for p in model.parameters()) if model is not None else None
 
     analysis = run_dir / "analysis"
@@ -128,13 +134,14 @@ def run_prune(
             importance.criterion, calibrated.table, result, calibrated.gradients, calibrated.mean_loss
         )
         write_json(analysis / "gradient_statistics.json", statistics)
-        if save_model and saved is None:
+        if save_model and staged.is_dir():
+            staged.rename(run_dir / "pruned_model")
+        elif save_model:
             start = time.perf_counter()
             assert model is not None
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
             seconds["save"] = time.perf_counter() - start
-        elif saved is not None and not save_model:  # written only for the evaluation
-            shutil.rmtree(saved)
+        _remove_staged(trainer, staged)
         write_json(analysis / "prune.json", report)
         write_diagnostics(run_dir)  # diagnosis, plots, TensorBoard, and summary.md last
     trainer.strategy.barrier()
@@ -143,16 +150,27 @@ def run_prune(
 
 def _save(
     trainer: PrunelightTrainer, model: Any, module: CalibrationModule, folder: Path, seconds: dict[str, float]
-) -> Path:
-    """Rank 0 writes the pruned model (the only rank that holds it whole); the others wait for it. Every
-    rank calls this."""
+) -> None:
+    """Rank 0 writes the pruned model (the only rank that holds it whole) while the others wait; a failure
+    there fails every rank (the others would otherwise wait for it until the process group times out).
+    Every rank calls this."""
+    error = None
     if trainer.is_global_zero:
         start = time.perf_counter()
-        assert model is not None
-        save_pruned(model, module.tokenizer, folder)
+        try:
+            assert model is not None
+            save_pruned(model, module.tokenizer, folder, overwrite=True)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
         seconds["save"] = time.perf_counter() - start
-    trainer.strategy.barrier()
-    return folder
+    error = trainer.strategy.broadcast(error)
+    if error is not None:
+        raise RuntimeError(f"rank 0 could not write the pruned model to {folder}: {error}")
+
+
+def _remove_staged(trainer: PrunelightTrainer, staged: Path) -> None:
+    if trainer.is_global_zero and staged.exists():
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def check_modules(module: object, datamodule: object) -> None:
@@ -174,6 +192,9 @@ def _unsharded(module: CalibrationModule, keep: bool, seconds: dict[str, float])
     if module.model is None or not is_sharded(module.model):
         return module.model
     start = time.perf_counter()
-    module.model = unsharded_copy(module.model, keep)
+    module.model = unsharded_copy(module.model, keep)  # the shards go: free their GPU memory
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     seconds["unshard"] = seconds.get("unshard", 0.0) + time.perf_counter() - start
     return module.model

@@ -44,3 +44,24 @@ def test_only_local_safetensors_folders_are_read_shard_by_shard(tiny_llama, tmp_
     assert not shard_loadable(SimpleNamespace(location=str(tmp_path), local=True, gguf_file=None))
     assert not shard_loadable(SimpleNamespace(location=str(tiny_llama), local=True, gguf_file="m.gguf"))
     assert not shard_loadable(SimpleNamespace(location="org/name", local=False, gguf_file=None))
+
+
+def test_per_sample_taylor_under_fsdp2_needs_whole_batches():
+    """One backward per window: a short last batch would leave its rank a pass behind the others."""
+    from types import SimpleNamespace
+
+    from callbacks.importance import ImportanceCallback
+
+    callback = ImportanceCallback("taylor", aggregation="sample")
+    trainer = SimpleNamespace(
+        strategy=_trainer("fsdp2").strategy, datamodule=SimpleNamespace(nsamples=5, batch_size=2)
+    )
+    with pytest.raises(ConfigError, match="multiple of batch_size"):
+        callback.on_test_start(trainer, None)
+
+
+def test_zero_shot_evaluation_refuses_fsdp2():
+    from prunelight.evaluate.zeroshot import ZeroShotSettings
+
+    with pytest.raises(ConfigError, match="zero-shot evaluation .* does not run under FSDP2"):
+        _trainer("fsdp2").evaluate(None, None, ZeroShotSettings(tasks=["piqa"]))

@@ -130,7 +130,7 @@ def test_fsdp2_prune_saves_the_model_of_one_process(tiny_llama, tmp_path):
     launch_ddp(ROOT / "tests/stages/cli_worker.py", *_args(tiny_llama, tmp_path, *options, *sharded))
     main(_args(tiny_llama, tmp_path, *options, "--results_root", str(tmp_path / "one")))
     one, two = (tmp_path / root / tiny_llama.name / "run" for root in ("one", "sharded"))
-    assert (two / "summary.md").is_file()
+    assert (two / "summary.md").is_file() and not (two / ".pruned_model.staging").exists()
     plan = json.loads((one / "analysis/plan.json").read_text())
     assert plan["removed_params"] > 0
     assert json.loads((two / "analysis/plan.json").read_text()) == plan
