@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import ModelParallelStrategy
 
 from callbacks.evaluation_report import EvaluationReport
 from callbacks.importance import ImportanceCallback
@@ -19,7 +18,7 @@ from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.importance import Calibrated
-from prunelight.models.sharding import refuse_sharding
+from prunelight.models.sharding import is_fully_sharded, refuse_sharding
 from prunelight.ranking import RankingConfig
 from prunelight.stages.finetune import RecoverySettings
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
@@ -35,7 +34,7 @@ class PrunelightTrainer(L.Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if isinstance(self.strategy, ModelParallelStrategy):
+        if is_fully_sharded(self.strategy):
             # FSDP2 keeps its all-gather buffers across passes; made under inference mode they become
             # inference tensors, which a later pass cannot use (torch 2.11 fails already in evaluation with
             # one rank). Evaluation under FSDP2 runs in no_grad instead.

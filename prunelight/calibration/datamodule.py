@@ -7,13 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from prunelight.data.corpora import CorpusSpec, as_spec
 from prunelight.data.datamodule import datamodule_tokenizer
 from prunelight.data.windows import WindowSet, calibration_windows
 from prunelight.errors import ConfigError
+from prunelight.models.sharding import is_fully_sharded
 
 
 def window_weights(windows: WindowSet) -> torch.Tensor:
@@ -137,7 +137,7 @@ class CalibrationDataModule(L.LightningDataModule):
         batches = _Batches(self.windows, self.batch_size)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        even = trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy)
+        even = trainer is not None and is_fully_sharded(trainer.strategy)
         return DataLoader(
             batches,
             batch_size=None,

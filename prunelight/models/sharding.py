@@ -74,7 +74,7 @@ def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
     Called from ``configure_model`` on every stage; a model that is sharded already is left alone, and any
     strategy other than FSDP2 leaves the model as it is.
     """
-    if not isinstance(strategy, ModelParallelStrategy) or is_sharded(model):
+    if not is_fully_sharded(strategy) or is_sharded(model):
         return
     mesh = strategy.device_mesh
     if mesh["tensor_parallel"].size() != 1:
@@ -94,7 +94,7 @@ def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
 
 def refuse_sharding(strategy: object, what: str) -> None:
     """Fail early, with the way out, for a stage that does not run under FSDP2 yet."""
-    if isinstance(strategy, ModelParallelStrategy):
+    if is_fully_sharded(strategy):
         raise ConfigError(
             f"{what} does not run under FSDP2 (FullyShardedStrategy) yet; only structured pruning "
             "(prune without a sparsity section) and perplexity evaluation do. Run it with strategy: ddp "

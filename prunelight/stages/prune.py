@@ -196,5 +196,5 @@ def _unsharded(module: CalibrationModule, keep: bool, seconds: dict[str, float])
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    seconds["unshard"] = seconds.get("unshard", 0.0) + time.perf_counter() - start
+    seconds["unshard"] = time.perf_counter() - start
     return module.model
