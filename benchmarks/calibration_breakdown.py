@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_cost import bare_loop, build, model_arguments, prunelight_calibration, windows_for  # noqa: E402
 
-from callbacks.importance import ImportanceCallback  # noqa: E402
+from prunelight.callbacks.importance import ImportanceCallback  # noqa: E402
 from prunelight.data.windows import WindowSet  # noqa: E402
 from prunelight.importance.kernels import kernels_available  # noqa: E402
 from prunelight.ranking import RankingConfig, rank  # noqa: E402

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from callbacks.importance import ImportanceCallback
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.module import window_losses
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet, calibration_windows
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models import adapter_for, load

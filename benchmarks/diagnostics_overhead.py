@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_cost import SHAPES, build, model_arguments, prunelight_calibration, windows_for  # noqa: E402
 
-from callbacks.importance import ImportanceCallback  # noqa: E402
+from prunelight.callbacks.importance import ImportanceCallback  # noqa: E402
 from prunelight.data.windows import WindowSet  # noqa: E402
 from prunelight.importance import Calibrated  # noqa: E402
 from prunelight.measure import peak_memory, reset_peak_memory  # noqa: E402

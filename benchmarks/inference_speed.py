@@ -22,9 +22,9 @@ import time
 import torch
 
 from benchmarks.calibration_cost import build, model_arguments
-from callbacks.importance import ImportanceCallback
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
 from prunelight.importance.inputs import PROJECTIONS
 from prunelight.models import adapter_for

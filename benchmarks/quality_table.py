@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from callbacks.importance import ImportanceCallback
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import evaluation_windows
 from prunelight.errors import ConfigError
 from prunelight.evaluate.perplexity import Perplexity

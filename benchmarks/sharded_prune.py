@@ -30,9 +30,9 @@ import torch
 import torch.distributed as dist
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from callbacks.importance import ImportanceCallback
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, unsharded_copy

@@ -1,6 +1,7 @@
-"""Lightning callbacks of prunelight (an installed package of its own, next to ``prunelight``)."""
+"""Lightning callbacks of prunelight (the repository's ``callbacks/`` folder, installed as
+``prunelight.callbacks``)."""
 
-from callbacks.evaluation_report import EvaluationReport
-from callbacks.mask import MaskCallback
+from prunelight.callbacks.evaluation_report import EvaluationReport
+from prunelight.callbacks.mask import MaskCallback
 
 __all__ = ["EvaluationReport", "MaskCallback"]

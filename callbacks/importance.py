@@ -7,7 +7,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from callbacks.layer_inputs import sum_across_ranks
+from prunelight.callbacks.layer_inputs import sum_across_ranks
 from prunelight.errors import ConfigError
 from prunelight.importance import Calibrated, ImportanceAccumulator, criterion_info
 from prunelight.models.sharding import is_fully_sharded

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from callbacks.evaluation_report import EvaluationReport
-from callbacks.importance import ImportanceCallback
+from prunelight.callbacks.evaluation_report import EvaluationReport
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings

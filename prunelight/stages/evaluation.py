@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from callbacks.evaluation_report import EvaluationReport
+from prunelight.callbacks.evaluation_report import EvaluationReport
 from prunelight.data.datamodule import PerplexityDataModule
 from prunelight.evaluate import PerplexityModule
 from prunelight.stages.settings import EvaluationSettings

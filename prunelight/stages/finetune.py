@@ -18,8 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from callbacks.mask import MaskCallback
-from callbacks.overfitting import MonitorSettings, OverfittingMonitor
+from prunelight.callbacks.mask import MaskCallback
+from prunelight.callbacks.overfitting import MonitorSettings, OverfittingMonitor
 from prunelight.errors import ConfigError
 from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json

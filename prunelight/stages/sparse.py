@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from callbacks.importance import ImportanceCallback
-from callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.apply.sparse import (
     LayerPattern,
@@ -28,6 +26,8 @@ from prunelight.apply.sparse import (
 )
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.sequential import prune_sequentially
+from prunelight.callbacks.importance import ImportanceCallback
+from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json

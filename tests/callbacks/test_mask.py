@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from callbacks.mask import MaskCallback
+from prunelight.callbacks.mask import MaskCallback
 from prunelight.errors import ConfigError
 
 VOCAB = 64

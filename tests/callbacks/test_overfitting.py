@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.overfitting import MonitorSettings, OverfittingMonitor
+from prunelight.callbacks.overfitting import MonitorSettings, OverfittingMonitor
 from prunelight.errors import ConfigError
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.trainer import PrunelightTrainer
 
 WIKI_VALID = {"name": "wikitext2", "split": "validation"}

@@ -189,7 +189,7 @@ def test_early_stopping_stops_when_validation_stops_improving(pruned_tiny, tmp_p
     """A validation set the model cannot improve on (random ids) with a tiny patience stops the run early."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from callbacks.overfitting import OverfittingMonitor
+    from prunelight.callbacks.overfitting import OverfittingMonitor
 
     L.seed_everything(0)
     module = _module(pruned_tiny, lr=0.05)

@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.models.sharding import FullyShardedStrategy, is_sharded, unsharded_copy
 from prunelight.trainer import PrunelightTrainer
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.errors import ConfigError
 from prunelight.trainer import PrunelightTrainer
 

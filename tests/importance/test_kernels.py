@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from callbacks.importance import ImportanceCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.importance import kernels
 from prunelight.importance.criteria import ROW_PROJECTIONS, taylor_group_scores
 from prunelight.trainer import PrunelightTrainer

@@ -50,7 +50,7 @@ def test_per_sample_taylor_under_fsdp2_needs_whole_batches():
     """One backward per window: a short last batch would leave its rank a pass behind the others."""
     from types import SimpleNamespace
 
-    from callbacks.importance import ImportanceCallback
+    from prunelight.callbacks.importance import ImportanceCallback
 
     callback = ImportanceCallback("taylor", aggregation="sample")
     trainer = SimpleNamespace(

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import prunelight
-from callbacks.importance import ImportanceCallback
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.ranking import RankingConfig, rank
 from prunelight.trainer import PrunelightTrainer
 

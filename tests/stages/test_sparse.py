@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from callbacks.mask import MaskCallback
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.callbacks.mask import MaskCallback
 from prunelight.cli import main
 from prunelight.errors import ConfigError
 from prunelight.importance.inputs import PROJECTIONS

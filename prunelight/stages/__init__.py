@@ -1,0 +1,1 @@
+"""The stages the subcommands run: prune, sparse prune, evaluation, fine-tuning, the pipeline, reports."""
