@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from prunelight.data.readers import SUPPORTED_SUFFIXES, read_documents, suffix_of
-from prunelight.data.root import ENV, data_root, hub_disabled
+from prunelight.data.root import ENV, data_root
 from prunelight.errors import ConfigError, DataError
+from prunelight.hub import hub_status
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +251,9 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
         raise DataError(
             f"corpus {named.name!r} has no {split!r} split (it has: {', '.join(named.hub_splits)})"
         )
-    hub_error = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-    if hub_split is not None and not hub_disabled():
+    hub = hub_status()
+    hub_error = hub.describe()
+    if hub_split is not None and hub.reachable:
         try:
             texts = _hub_texts(named, spec, hub_split)
             return Corpus(spec.label, texts, named.join, named.ordered, f"hub:{named.hub_path}:{hub_split}")
@@ -302,10 +304,14 @@ def _load_hub_dataset(spec: CorpusSpec, split: str) -> Corpus:
     import datasets
 
     path = spec.name.removeprefix("hf:")
+    hub = hub_status()  # unreachable: datasets is offline and reads its cache only
     try:
         dataset = datasets.load_dataset(path, spec.config, split=split)
     except Exception as err:
-        raise DataError(f"could not load hub dataset {path!r} split {split!r}: {str(err)[:300]}") from None
+        offline = "" if hub.reachable else f" ({hub.describe()}; only a cached copy could be used)"
+        raise DataError(
+            f"could not load hub dataset {path!r} split {split!r}{offline}: {str(err)[:300]}"
+        ) from None
     if spec.text_field not in dataset.column_names:
         raise DataError(
             f"hub dataset {path!r} has no {spec.text_field!r} column "

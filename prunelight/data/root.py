@@ -1,4 +1,5 @@
-"""Where named corpora live when the hub is not reachable (layout in docs/data.md)."""
+"""Where named corpora live when the hub is not reachable (layout in docs/data.md); whether it is reachable is
+:mod:`prunelight.hub`'s decision."""
 
 from __future__ import annotations
 
@@ -17,10 +18,3 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
         return Path(os.environ[ENV]).expanduser()
     return DEFAULT
 
-
-def hub_disabled() -> bool:
-    """Honour the hub's own offline switches, so an offline machine never waits on a connection."""
-    return any(
-        os.environ.get(v, "0").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )

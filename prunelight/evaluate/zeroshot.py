@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from prunelight.data.root import data_root, hub_disabled
+from prunelight.data.root import data_root
 from prunelight.errors import ConfigError, DataError
 from prunelight.evaluate import local_tasks
+from prunelight.hub import hub_status
 from prunelight.io import write_json
 
 if TYPE_CHECKING:
@@ -49,8 +50,10 @@ class ZeroShotSettings:
         num_fewshot: examples shown before each question. The hub copies draw them from ``train``; local
             copies have none, so they come from the local validation split (ARC, OpenBookQA) or from the
             evaluated split itself, never the question being asked.
-        source: ``hub``, ``local`` (files under ``data_root``) or ``auto`` (the hub unless it is switched
-            off with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, else local).
+        source: ``hub``, ``local`` (files under ``data_root``) or ``auto``: the hub when it is reachable
+            (:mod:`prunelight.hub` decides, once per run), else the local files; a hub that answers but
+            fails to serve the tasks also falls back to the local files, as named corpora do. The result
+            says which was used and why (``settings.source_used``, ``settings.source_reason``).
         data_root: where the local files are (default ``$PRUNELIGHT_DATA``, else
             ``~/.cache/prunelight/data``).
         cache_dir: where converted local files are kept (default ``~/.cache/prunelight/lm_eval``).
@@ -74,8 +77,12 @@ class _Plan:
 
     tasks: list[str]
     source: Literal["hub", "local"]
+    reason: str
+    """Why this source: the setting, or the hub decision (for the summary)."""
     root: Path
     manager: TaskManager
+    fallback: bool
+    """``auto`` chose the hub and every task has a local copy: a hub failure falls back to it."""
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -147,10 +154,14 @@ def _check_numbers(settings: ZeroShotSettings) -> None:
         raise ConfigError(f"zero_shot.source must be auto, hub or local, got {settings.source!r}")
 
 
-def _resolve_source(settings: ZeroShotSettings) -> Literal["hub", "local"]:
-    if settings.source == "auto":
-        return "local" if hub_disabled() else "hub"
-    return settings.source
+def _resolve_source(settings: ZeroShotSettings) -> tuple[Literal["hub", "local"], str]:
+    """The source and why: ``auto`` follows the process-wide hub decision, like the named corpora."""
+    if settings.source != "auto":
+        return settings.source, f"zero_shot.source is {settings.source}"
+    hub = hub_status()
+    if hub.reachable:
+        return "hub", hub.describe()
+    return "local", f"{hub.describe()}, so the local copies under the data root were used"
 
 
 def _plan(settings: ZeroShotSettings) -> _Plan:
@@ -170,25 +181,26 @@ def _plan(settings: ZeroShotSettings) -> _Plan:
             f"lm-eval does not know the task(s) {', '.join(hints)}; fix zero_shot.tasks "
             "(python -m lm_eval ls tasks lists them)"
         )
-    source = _resolve_source(settings)
+    source, reason = _resolve_source(settings)
     root = data_root(settings.data_root)
+    hub_only = [t for t in tasks if t not in local_tasks.LOCAL_TASKS]
+    missing = [str(p) for t in tasks if t not in hub_only for p in local_tasks.missing_files(t, root)]
     if source == "local":
-        hub_only = [t for t in tasks if t not in local_tasks.LOCAL_TASKS]
+        why = f"{hub_status().describe()}, so " if settings.source == "auto" else ""
         if hub_only:
             raise DataError(
-                f"no local copy of {', '.join(hub_only)}: only the hub works for it (local copies exist "
-                f"for {', '.join(local_tasks.LOCAL_TASKS)}); allow the hub (unset HF_HUB_OFFLINE and "
-                "HF_DATASETS_OFFLINE, zero_shot.source: hub) or drop the task"
+                f"{why}zero-shot tasks need local copies, but {', '.join(hub_only)} has none (local "
+                f"copies exist for {', '.join(local_tasks.LOCAL_TASKS)}); allow the hub (unset "
+                "HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, zero_shot.source: hub) or drop the task"
             )
-        missing = [str(p) for t in tasks for p in local_tasks.missing_files(t, root)]
         if missing:
-            why = "the hub is switched off, so " if settings.source == "auto" else ""
             raise DataError(
                 f"{why}zero-shot data is read from local files, but {', '.join(missing)} not found; "
                 "set PRUNELIGHT_DATA (or zero_shot.data_root) to the folder that holds them (see "
                 "docs/data.md), or allow the hub"
             )
-    return _Plan(tasks=tasks, source=source, root=root, manager=manager)
+    fallback = settings.source == "auto" and not hub_only and not missing
+    return _Plan(tasks, source, reason, root, manager, fallback)
 
 
 def _cache_dir(settings: ZeroShotSettings) -> Path | None:
@@ -226,27 +238,37 @@ def _registered_config(manager: TaskManager, name: str) -> dict[str, Any]:
 
 def _load_tasks(plan: _Plan, settings: ZeroShotSettings) -> tuple[dict[str, Any], dict[str, str]]:
     """lm-eval's loaded-task dict (with the datasets read) and each leaf task's data source."""
-    specs: list[str | dict[str, Any]] = []
-    sources: dict[str, str] = {}
     if plan.source == "local":
-        for name in plan.tasks:
-            splits = local_tasks.prepare(name, plan.root, _cache_dir(settings))
-            config = _registered_config(plan.manager, name) | local_tasks.task_override(name, splits)
-            for key in ("tag", "group", "include"):
-                config.pop(key, None)
-            specs.append(config)
-            sources[name] = local_tasks.source_label(name, plan.root)
-        return plan.manager.load(specs), sources
+        return _load_local_tasks(plan, settings)
     try:
         loaded = plan.manager.load(list(plan.tasks))
     except (OSError, ConnectionError) as err:  # datasets' offline/not-found/connection errors are OSErrors
+        failure = f"the hub failed ({type(err).__name__}: {str(err)[:200]})"
+        if plan.fallback:
+            log.warning("zero-shot tasks: %s; reading the local copies under %s", failure, plan.root)
+            plan.source = "local"
+            plan.reason = f"{failure}, so the local copies under the data root were used"
+            return _load_local_tasks(plan, settings)
         raise DataError(
             f"lm-eval could not read {', '.join(plan.tasks)} from the hub ({type(err).__name__}: {err}); "
             "check the connection, or use zero_shot.source: local with PRUNELIGHT_DATA set"
         ) from err
-    for name, task in loaded["tasks"].items():
-        sources[name] = f"hub:{task.config.dataset_path}"
+    sources = {name: f"hub:{task.config.dataset_path}" for name, task in loaded["tasks"].items()}
     return loaded, sources
+
+
+def _load_local_tasks(plan: _Plan, settings: ZeroShotSettings) -> tuple[dict[str, Any], dict[str, str]]:
+    """lm-eval's own task configs pointed at the converted local files."""
+    specs: list[str | dict[str, Any]] = []
+    sources: dict[str, str] = {}
+    for name in plan.tasks:
+        splits = local_tasks.prepare(name, plan.root, _cache_dir(settings))
+        config = _registered_config(plan.manager, name) | local_tasks.task_override(name, splits)
+        for key in ("tag", "group", "include"):
+            config.pop(key, None)
+        specs.append(config)
+        sources[name] = local_tasks.source_label(name, plan.root)
+    return plan.manager.load(specs), sources
 
 
 def _set_fewshot(loaded: dict[str, Any], num_fewshot: int) -> None:
@@ -359,7 +381,12 @@ def zero_shot(
     result: dict[str, Any] = {
         "tasks": tasks,
         "mean_acc": sum(accs) / len(accs) if accs else None,
-        "settings": {**asdict(settings), "source_used": plan.source, "data_root_used": str(plan.root)},
+        "settings": {
+            **asdict(settings),
+            "source_used": plan.source,
+            "source_reason": plan.reason,
+            "data_root_used": str(plan.root),
+        },
         "seconds": time.perf_counter() - start,
     }
     if settings.log_samples:

@@ -18,9 +18,10 @@ from transformers import PreTrainedTokenizerBase
 
 from prunelight.data.corpora import NAMED, canonical_split, squad_records
 from prunelight.data.datamodule import datamodule_tokenizer
-from prunelight.data.root import ENV, data_root, hub_disabled
+from prunelight.data.root import ENV, data_root
 from prunelight.errors import ConfigError, DataError
 from prunelight.finetune.data_common import IGNORE_INDEX, check_common, held_out_count, seeded_generator
+from prunelight.hub import hub_status
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def load_qa_examples(dataset: str, split: str, root: str | Path | None = None) -
     named = NAMED["squad"]
     split = canonical_split(split)
     hub_split = named.hub_splits[split]
-    hub_error = "the hub is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-    if not hub_disabled():
+    hub = hub_status()
+    hub_error = hub.describe()
+    if hub.reachable:
         try:
             return _hub_squad_examples(named.hub_path, hub_split), f"hub:{named.hub_path}:{hub_split}"
         except Exception as err:  # any hub failure falls back to the data root, reported if that fails too

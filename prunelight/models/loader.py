@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from prunelight.errors import ModelError
+from prunelight.hub import hub_status
 from prunelight.models import zoo
 from prunelight.models.adapters import FamilyAdapter, adapter_for
 from prunelight.models.gguf import drop_quantization_config, require_gguf
@@ -71,6 +72,7 @@ def resolve(spec: ModelSpec) -> Source:
             f"model path {path!r} does not exist; give an existing folder or .gguf file, a hub id "
             f"(org/name), or a zoo name ({', '.join(sorted(zoo.ZOO))})"
         )
+    hub_status()  # a hub id: decide once whether the hub answers (offline: the local HF cache only)
     return Source(path, spec.gguf_file, False)
 
 
@@ -85,7 +87,14 @@ def load_config(spec: ModelSpec, source: Source | None = None) -> Any:
     try:
         return AutoConfig.from_pretrained(source.location, **source.kwargs(spec))
     except OSError as err:
-        hint = "" if source.local else " (offline? set HF_HUB_OFFLINE=1 and use a local folder or a zoo name)"
+        status = hub_status()
+        hint = ""
+        if not source.local:
+            hint = (
+                f" ({status.describe()}: use a local folder, a .gguf file or a zoo name)"
+                if not status.reachable
+                else " (a hub id must name an existing model repository)"
+            )
         raise ModelError(f"could not read the config of {spec.path!r}: {err}{hint}") from None
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunelight.errors import ModelError
+from prunelight.hub import hub_status
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PRUNELIGHT_MODELS", Path.home() / ".cache" / "prunelight" / "models"))
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def ensure(name: str, root: Path | None = None) -> Path:
     """The local Hugging Face folder of zoo model ``name``, fetched on first use."""
     if name not in ZOO:
@@ -110,8 +107,9 @@ def ensure(name: str, root: Path | None = None) -> Path:
 
 
 def _from_hub(entry: ZooEntry, out: Path, work: Path) -> dict:
-    if hub_offline():
-        raise ModelError("HF_HUB_OFFLINE is set")
+    status = hub_status()
+    if not status.reachable:
+        raise ModelError(status.describe())
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"]

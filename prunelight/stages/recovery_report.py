@@ -57,9 +57,11 @@ def zero_shot_note(rows: list[dict[str, Any]]) -> list[str]:
     where = ", ".join(
         f"{t}: {v.get('source', '?')} ({v.get('examples', '?')} examples)" for t, v in sources.items()
     )
+    reason = settings.get("source_reason")
+    why = f" Source: {settings.get('source_used')} ({reason})." if reason else ""
     return [
         f"Zero-shot accuracies through lm-eval, {settings.get('num_fewshot', 0)}-shot, acc ± standard error "
-        f"(acc_norm in parentheses). Data: {where}.",
+        f"(acc_norm in parentheses). Data: {where}.{why}",
         "",
     ]
 
