@@ -189,9 +189,9 @@ def _plan(settings: ZeroShotSettings) -> _Plan:
         why = f"{hub_status().describe()}, so " if settings.source == "auto" else ""
         if hub_only:
             raise DataError(
-                f"{why}zero-shot tasks need local copies, but {', '.join(hub_only)} has none (local "
-                f"copies exist for {', '.join(local_tasks.LOCAL_TASKS)}); allow the hub (unset "
-                "HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, zero_shot.source: hub) or drop the task"
+                f"{why}zero-shot tasks need local copies, but {', '.join(hub_only)} has none: only the "
+                f"hub works for it (local copies exist for {', '.join(local_tasks.LOCAL_TASKS)}); allow the "
+                "hub (unset HF_HUB_OFFLINE and HF_DATASETS_OFFLINE, zero_shot.source: hub) or drop the task"
             )
         if missing:
             raise DataError(
