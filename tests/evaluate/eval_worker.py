@@ -1,7 +1,8 @@
 """One rank of a several-process gloo perplexity evaluation (launched by test_ddp_eval.py with
 torchrun-style variables); every rank writes what it measured to ``<output>.<rank>``.
 
-Usage: python eval_worker.py <model folder> <ddp|fsdp2> <world size> <windows> <run folder> <output>
+Usage: python eval_worker.py <model folder> <ddp|fsdp2> <world size> <windows> <run folder> <output> [<lm-eval
+cache folder>: also piqa zero-shot on 6 examples]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import lightning as L
 import torch
 
 from prunelight.data.datamodule import PerplexityDataModule
-from prunelight.evaluate import PerplexityModule
+from prunelight.evaluate import PerplexityModule, ZeroShotSettings
 from prunelight.trainer import PrunelightTrainer
 
 
@@ -28,7 +29,13 @@ class BatchCounter(L.Callback):
         self.batches += 1
 
 
-def evaluate(folder: str, strategy: str, devices: int, windows: int, root: str) -> dict[str, Any]:
+def piqa(cache: str) -> ZeroShotSettings:
+    return ZeroShotSettings(tasks=["piqa"], limit=6, batch_size=4, cache_dir=cache, log_samples=True)
+
+
+def evaluate(
+    folder: str, strategy: str, devices: int, windows: int, root: str, zero_shot: str | None = None
+) -> dict[str, Any]:
     module = PerplexityModule(path=folder, dtype="float32")
     data = PerplexityDataModule(corpora=["wikitext2"], seqlen=32, batch_size=1, max_windows=windows)
     counter = BatchCounter()
@@ -42,9 +49,10 @@ def evaluate(folder: str, strategy: str, devices: int, windows: int, root: str) 
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    report = trainer.evaluate(module, data)
+    report = trainer.evaluate(module, data, piqa(zero_shot) if zero_shot else None)
     return {
         "corpus": report["corpora"]["wikitext2"],
+        "zero_shot": report.get("zero_shot"),
         "batches": counter.batches,
         "rank": trainer.global_rank,
         "world": trainer.world_size,
@@ -53,5 +61,5 @@ def evaluate(folder: str, strategy: str, devices: int, windows: int, root: str) 
 
 if __name__ == "__main__":
     folder, strategy, world, windows, root, out = sys.argv[1:7]
-    measured = evaluate(folder, strategy, int(world), int(windows), root)
+    measured = evaluate(folder, strategy, int(world), int(windows), root, *sys.argv[7:8])
     torch.save(measured, f"{out}.{measured['rank']}")

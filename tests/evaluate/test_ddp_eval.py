@@ -35,3 +35,18 @@ def test_several_processes_give_the_perplexity_of_one(tiny_llama, tmp_path, stra
         assert got["nll_mean"] == one["nll_mean"] and got["perplexity"] == one["perplexity"]
     # ranks stay in step: every rank ran ceil(windows / world) batches, padding included
     assert [m["batches"] for m in ranks] == [math.ceil(windows / world)] * world
+
+
+def test_zero_shot_under_ddp_scores_each_example_once(tiny_llama, tmp_path):
+    """lm-eval runs on rank 0 alone (given a model object, it takes itself for one process: no split, no
+    gather), so each example is scored once, as by one process; the other ranks measure no zero-shot."""
+    out, cache = tmp_path / "measured", str(tmp_path / "lm_eval_cache")
+    launch_ddp(WORKER, str(tiny_llama), "ddp", "2", "3", str(tmp_path / "run"), str(out), cache)
+    ranks = [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2)]
+    one = evaluate(str(tiny_llama), "auto", 1, 3, str(tmp_path / "one"), cache)["zero_shot"]
+    got = ranks[0]["zero_shot"]
+    assert ranks[1]["zero_shot"] is None
+    assert got["tasks"]["piqa"]["examples"] == one["tasks"]["piqa"]["examples"] == 6
+    assert sorted(s["doc_id"] for s in got["samples"]["piqa"]) == list(range(6))
+    assert got["samples"]["piqa"] == one["samples"]["piqa"]
+    assert got["tasks"]["piqa"]["acc"] == one["tasks"]["piqa"]["acc"]
