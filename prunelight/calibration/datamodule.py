@@ -1,14 +1,15 @@
-"""Calibration windows as a LightningDataModule, sharded across ranks by whole batches."""
+"""Calibration windows as a LightningDataModule, sharded across ranks by whole batches
+(:class:`~prunelight.data.batches.BatchShardSampler`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from prunelight.data.batches import PADDING, BatchShardSampler
 from prunelight.data.corpora import CorpusSpec, as_spec
 from prunelight.data.datamodule import datamodule_tokenizer
 from prunelight.data.windows import WindowSet, calibration_windows
@@ -43,33 +44,6 @@ class _Batches(Dataset):
             return {**self[0], "padding": True}
         part = slice(k * self.batch_size, (k + 1) * self.batch_size)
         return {"input_ids": self.ids[part], "weights": self.weights[part], "padding": False}
-
-
-PADDING = -1
-"""The index :class:`BatchShardSampler` hands out for a padding batch."""
-
-
-class BatchShardSampler(DistributedSampler):
-    """Rank r takes batches r, r + N, r + 2N, ...: no repeats, so sums over ranks are exact.
-
-    It is a DistributedSampler so that Lightning leaves it in place instead of injecting its own (which
-    pads with repeated samples to even out the ranks). With ``even`` (FSDP2, whose every forward is a
-    collective, so every rank must run as many steps) a rank short of batches gets :data:`PADDING` entries,
-    which the importance callback runs but does not count.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, even: bool = False) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-        self.even = even
-
-    def __iter__(self) -> Iterator[int]:
-        mine = list(range(self.rank, len(self.dataset), self.num_replicas))
-        return iter(mine + [PADDING] * (len(self) - len(mine)))
-
-    def __len__(self) -> int:
-        if self.even:
-            return -(-len(self.dataset) // self.num_replicas)
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class CalibrationDataModule(L.LightningDataModule):

@@ -1,4 +1,5 @@
-"""Data: the corpus registry, local readers, and the token windows for calibration and evaluation."""
+"""Data: the corpus registry, local readers, the token windows for calibration and evaluation, and their
+batches sharded across ranks."""
 
 from prunelight.data.corpora import Corpus, CorpusSpec, as_spec, known_corpora, load_corpus
 from prunelight.data.root import data_root

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from prunelight.data.batches import LabelledBlocks, evaluation_loader
 from prunelight.data.corpora import CorpusSpec, as_spec
 from prunelight.data.windows import WindowSet, evaluation_windows
 from prunelight.errors import ConfigError
@@ -41,6 +42,10 @@ def prepare_with(datamodule: L.LightningDataModule, tokenizer: PreTrainedTokeniz
 
 class PerplexityDataModule(L.LightningDataModule):
     """Non-overlapping evaluation windows over whole splits, one dataloader per corpus.
+
+    Batches are ``{"input_ids", "labels"}``. Under several processes each window is scored on exactly one
+    rank and every rank runs as many batches, padding ones with every label ignored
+    (:func:`~prunelight.data.batches.evaluation_loader`): N ranks measure what one process measures.
 
     Args:
         corpora: corpora to evaluate on (``wikitext2``, ``ptb``, ``c4``, ``c4_zh``, a local file, or a
@@ -104,9 +109,10 @@ class PerplexityDataModule(L.LightningDataModule):
 
     def _loaders(self) -> list[DataLoader]:
         return [
-            DataLoader(
-                TensorDataset(self.windows[label].input_ids),
-                batch_size=self.batch_size,
+            evaluation_loader(
+                LabelledBlocks(self.windows[label].input_ids),
+                self.batch_size,
+                self.trainer,
                 num_workers=self.num_workers,
             )
             for label in self.labels

@@ -38,9 +38,9 @@ class PerplexityModule(CausalLMModule):
             self.results = {}
 
     def _step(self, batch: Any, dataloader_idx: int) -> None:
-        (input_ids,) = batch
-        logits = self.model(input_ids=input_ids, use_cache=False).logits
-        self.metrics[_key(self.labels[dataloader_idx])].update(logits, input_ids)
+        # a padding batch (several ranks) runs like any other; its labels are all ignored, so it adds nothing
+        logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits
+        self.metrics[_key(self.labels[dataloader_idx])].update(logits, batch["labels"])
 
     @torch.no_grad()
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:

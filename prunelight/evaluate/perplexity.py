@@ -1,7 +1,11 @@
 """Perplexity as a torchmetrics metric: exp of the mean next-token negative log-likelihood.
 
-Sums are kept in float64 and reduced with ``sum`` across processes, so a DDP evaluation gives the same
-number as one process over the same windows.
+Sums are kept in float64 and reduced with ``sum`` across processes, so N ranks that score disjoint shares
+of the windows (:mod:`prunelight.data.batches`) give the number of one process. Each batch adds one float32
+NLL sum, the same number on any rank as on one process (the same windows in the same batch); float64 adds
+float32 values without rounding while their exact sum fits its 53 bits (24 per value, plus their spread in
+powers of two and log2 of their count: any realistic evaluation), so the order in which the ranks' sums are
+added does not change the result, which is then bitwise that of one process.
 """
 
 from __future__ import annotations
@@ -12,38 +16,43 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from prunelight.data.batches import IGNORE_INDEX
+
 
 class Perplexity(Metric):
     """Next-token perplexity over windows that each start a fresh context.
 
-    ``update(logits, input_ids)`` scores tokens 1..T-1 of each window from logits 0..T-2; positions whose
-    label equals ``ignore_index`` are skipped.
+    ``update(logits, labels)`` scores tokens 1..T-1 of each window from logits 0..T-2 (``labels`` is the
+    window's ``input_ids``, or a copy with ``ignore_index`` where no loss is taken); ignored positions are
+    skipped, and a window counts only when one of its tokens is scored, so a padding batch whose labels are
+    all ignored changes nothing.
     """
 
     full_state_update = False
     higher_is_better = False
     is_differentiable = False
 
-    def __init__(self, ignore_index: int = -100, **kwargs) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
         super().__init__(**kwargs)
         self.ignore_index = ignore_index
         self.add_state("nll_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tokens", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("windows", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, input_ids: torch.Tensor) -> None:
-        if logits.shape[:2] != input_ids.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} do not match input_ids {tuple(input_ids.shape)}")
-        labels = input_ids[:, 1:]
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.shape[:2] != labels.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+        targets = labels[:, 1:]
         nll = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(),
-            labels.flatten(),
+            targets.flatten(),
             reduction="sum",
             ignore_index=self.ignore_index,
         )
+        scored = targets != self.ignore_index
         self.nll_sum += nll.double()
-        self.tokens += (labels != self.ignore_index).sum()
-        self.windows += input_ids.shape[0]
+        self.tokens += scored.sum()
+        self.windows += scored.any(dim=1).sum()
 
     def compute(self) -> torch.Tensor:
         return torch.exp(self.nll_sum / self.tokens)

@@ -8,7 +8,8 @@ catches ``spec.split`` overrides and splits that are aliases of each other (SQuA
 ``validation``).
 """
 
-from prunelight.finetune.data_common import IGNORE_INDEX, held_out_count
+from prunelight.data.batches import IGNORE_INDEX
+from prunelight.finetune.data_common import held_out_count
 from prunelight.finetune.instruction_data import (
     InstructionDataModule,
     PadCollator,

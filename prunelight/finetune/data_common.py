@@ -1,4 +1,5 @@
-"""What both fine-tuning datamodules share: the ignore label, argument checks, and the held-out split."""
+"""What both fine-tuning datamodules share: argument checks, the held-out split, the seeded order (the
+ignore label, ``IGNORE_INDEX``, is the evaluation batches' one: :mod:`prunelight.data.batches`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,6 @@ import math
 import torch
 
 from prunelight.errors import ConfigError
-
-IGNORE_INDEX = -100
-"""Label value that the Hugging Face causal-LM loss skips."""
 
 
 def check_common(

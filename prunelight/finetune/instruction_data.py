@@ -16,11 +16,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
+from prunelight.data.batches import IGNORE_INDEX, evaluation_loader
 from prunelight.data.corpora import NAMED, canonical_split, squad_records
 from prunelight.data.datamodule import datamodule_tokenizer
 from prunelight.data.root import ENV, data_root
 from prunelight.errors import ConfigError, DataError
-from prunelight.finetune.data_common import IGNORE_INDEX, check_common, held_out_count, seeded_generator
+from prunelight.finetune.data_common import check_common, held_out_count, seeded_generator
 from prunelight.hub import hub_status
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,8 @@ class InstructionDataModule(L.LightningDataModule):
         max_val_samples: validate on a seeded random sample of N questions.
         val_fraction: share of the articles held out when train and validation share their data.
         batch_size: sequences per batch.
-        shuffle: shuffle the training examples (validation is never shuffled).
+        shuffle: shuffle the training examples (validation is never shuffled, nor repeated across ranks:
+            each validation batch is scored on one rank, as :class:`LanguageModelingDataModule` does).
         data_root: where ``squad/`` lives without the hub (default ``$PRUNELIGHT_DATA``).
         tokenizer: a tokenizer to load (path, hub id or zoo name); None uses the trainer's model's.
         num_workers: dataloader workers.
@@ -448,9 +450,6 @@ class InstructionDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val is None:
             raise RuntimeError("val_dataloader() needs setup() first")
-        return DataLoader(
-            _QADataset(self.val.encoded),
-            batch_size=self.batch_size,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
+        return evaluation_loader(
+            _QADataset(self.val.encoded), self.batch_size, self.trainer, self.collate, self.num_workers
         )

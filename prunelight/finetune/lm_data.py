@@ -7,9 +7,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from prunelight.data.batches import LabelledBlocks, evaluation_loader
 from prunelight.data.corpora import Corpus, CorpusSpec, as_spec, canonical_split, load_corpus
 from prunelight.data.datamodule import datamodule_tokenizer
 from prunelight.data.windows import texts_for, tokenize
@@ -44,24 +45,13 @@ def _corpus_blocks(
     return _SplitBlocks(stream[: count * block_size].view(count, block_size), corpus.origin, stream.numel())
 
 
-class _LMBlocks(Dataset):
-    def __init__(self, ids: torch.Tensor) -> None:
-        self.ids = ids
-
-    def __len__(self) -> int:
-        return self.ids.shape[0]
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        row = self.ids[index]
-        # The default collate stacks each key into its own tensor, so labels never alias input_ids.
-        return {"input_ids": row, "labels": row}
-
-
 class LanguageModelingDataModule(L.LightningDataModule):
     """Consecutive, non-overlapping ``block_size``-token blocks of a corpus split, for causal-LM recovery.
 
     The blocks are cut exactly as perplexity evaluation cuts its windows, so a recovery run and its
-    evaluation see the same text treatment. Labels equal ``input_ids`` (the model shifts them).
+    evaluation see the same text treatment. Labels equal ``input_ids`` (the model shifts them). Under
+    several processes each validation block is scored on exactly one rank, and every rank runs as many
+    validation batches (padding ones with every label ignored), so ``val/loss`` is that of one process.
 
     Args:
         corpus: a registered corpus (``wikitext2``, ``ptb``, ``c4``, ...), a local file, ``hf:<id>``, or a
@@ -75,7 +65,7 @@ class LanguageModelingDataModule(L.LightningDataModule):
         max_val_samples: validate on the first N validation blocks only (after the hold-out).
         val_fraction: share of the blocks held out when train and validation share their data.
         batch_size: blocks per batch.
-        shuffle: shuffle the training blocks (validation is never shuffled).
+        shuffle: shuffle the training blocks (validation is never shuffled, nor repeated across ranks).
         data_root: where named corpora live without the hub (default ``$PRUNELIGHT_DATA``).
         tokenizer: a tokenizer to load (path, hub id or zoo name); None uses the trainer's model's.
         num_workers: dataloader workers.
@@ -184,7 +174,7 @@ class LanguageModelingDataModule(L.LightningDataModule):
         if self.train_ids is None:
             raise RuntimeError("train_dataloader() needs setup() first")
         return DataLoader(
-            _LMBlocks(self.train_ids),
+            LabelledBlocks(self.train_ids),
             batch_size=self.batch_size,
             shuffle=self.shuffle,
             generator=seeded_generator(self.seed) if self.shuffle else None,
@@ -194,7 +184,9 @@ class LanguageModelingDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.val_ids is None:
             raise RuntimeError("val_dataloader() needs setup() first")
-        return DataLoader(_LMBlocks(self.val_ids), batch_size=self.batch_size, num_workers=self.num_workers)
+        return evaluation_loader(
+            LabelledBlocks(self.val_ids), self.batch_size, self.trainer, None, self.num_workers
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------

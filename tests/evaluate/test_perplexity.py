@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -45,6 +46,35 @@ def test_metric_skips_ignored_labels():
     metric = Perplexity()
     metric.update(logits, ids)
     assert metric.summary()["tokens_scored"] == 3
+
+
+def test_padding_batches_add_nothing_and_every_batch_runs_once():
+    """5 windows in batches of 2 over 2 ranks: rank 0 runs batches 0 and 2, rank 1 batch 1 and a padding
+    batch (the first window, every label ignored), so the sums equal one process's and no window repeats."""
+    from prunelight.data.batches import LabelledBlocks, evaluation_loader
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 17, (5, 9))
+    logits = torch.randn(5, 9, 17)
+    one, two = Perplexity(), Perplexity()
+    for batch in evaluation_loader(LabelledBlocks(ids), 2, None):
+        one.update(_logits_of(batch, ids, logits), batch["labels"])
+    ranks = [SimpleNamespace(world_size=2, global_rank=rank) for rank in range(2)]  # what the loader reads
+    shards = [list(evaluation_loader(LabelledBlocks(ids), 2, trainer)) for trainer in ranks]
+    assert [len(shard) for shard in shards] == [2, 2]
+    padding = shards[1][-1]
+    assert (padding["labels"] == -100).all() and torch.equal(padding["input_ids"], ids[:1])
+    for shard in shards:
+        for batch in shard:
+            two.update(_logits_of(batch, ids, logits), batch["labels"])
+    assert one.summary() == two.summary()
+    assert (two.summary()["windows"], two.summary()["tokens_scored"]) == (5, 5 * 8)
+
+
+def _logits_of(batch: dict, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The logits a model would give each window of ``batch`` (looked up by the window's ids)."""
+    rows = [next(i for i in range(len(ids)) if torch.equal(ids[i], row)) for row in batch["input_ids"]]
+    return logits[rows]
 
 
 def _tiny_module(tiny_llama):

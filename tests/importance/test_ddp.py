@@ -85,7 +85,7 @@ def test_fully_sharded_processes_give_the_scores_of_one(tiny_tokenizer, tmp_path
 @pytest.mark.parametrize("even", [False, True])
 def test_batch_shards_cover_every_batch_once(even):
     """Every batch on exactly one rank; with ``even`` (FSDP2) the short ranks are padded to one length."""
-    from prunelight.calibration.datamodule import PADDING, BatchShardSampler
+    from prunelight.data.batches import PADDING, BatchShardSampler
 
     batches, world = list(range(7)), 3
     shards = [list(BatchShardSampler(batches, world, rank, even)) for rank in range(world)]
