@@ -6,6 +6,7 @@ Each subcommand has default model and data classes (:data:`SUBCOMMANDS`), so a Y
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from prunelight.errors import PrunelightError
+from prunelight.signals import Stopped, stop_on_signals
 from prunelight.trainer import PrunelightTrainer
 
 
@@ -115,16 +117,26 @@ def main(args: Any = None) -> None:
 
     ``report``, ``compare`` and ``experiment`` work on finished runs and grids of runs, not on a model and
     a trainer, so they are plain jsonargparse commands (:mod:`prunelight.tools`) dispatched before
-    LightningCLI; every other subcommand is LightningCLI's.
+    LightningCLI; every other subcommand is LightningCLI's. SIGINT and SIGTERM stop the run, remove what it
+    had written and exit 130 / 143 (:mod:`prunelight.signals`).
     """
     from prunelight.tools import TOOLS, run_tool
 
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] in TOOLS:
-            run_tool(argv[0], argv[1:])
-        else:
-            cli(argv)
+        with stop_on_signals():
+            if argv and argv[0] in TOOLS:
+                run_tool(argv[0], argv[1:])
+            else:
+                cli(argv)
+    except Stopped as stop:
+        written = f"; nothing was written to {stop.folder}" if stop.folder is not None else ""
+        print(f"prunelight: stopped by {stop.name}{written}", file=sys.stderr)
+        if args is None:  # the program itself: skip the interpreter's shutdown (seconds with torch loaded)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(stop.exit_code)
+        sys.exit(stop.exit_code)
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:
