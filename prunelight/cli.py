@@ -1,7 +1,8 @@
 """``prunelight`` / ``python train.py``: one LightningCLI whose subcommands are the Trainer's stages.
 
 Each subcommand has default model and data classes (:data:`SUBCOMMANDS`), so a YAML needs no
-``class_path``; results land in ``<results_root>/<model>/<experiment>/`` with TensorBoard under ``tb/``.
+``class_path``; results land in ``<results_root>/<model>/<experiment>/`` with TensorBoard under ``tb/``,
+written into a staging folder renamed when the run completes (:mod:`prunelight.run_folder`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from prunelight.errors import PrunelightError
+from prunelight.run_folder import RunFolder
 from prunelight.signals import Stopped, stop_on_signals
 from prunelight.trainer import PrunelightTrainer
 
@@ -80,19 +82,46 @@ class PrunelightCLI(LightningCLI):
             default=None,
             help="Write the results exactly here instead of <results_root>/<model>/<experiment>/.",
         )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="Replace an existing run folder, once this run has completed (until then it is untouched). "
+            "Without it, a folder that is not empty is refused before anything runs.",
+        )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The trainer writes into the run folder's staging folder; a finished run there is refused first."""
         config = self._get(self.config, "trainer")
-        run_dir = self.run_dir()
-        if config.get("default_root_dir") is None:
-            kwargs["default_root_dir"] = str(run_dir)
+        self.run_folder: RunFolder | None = None
+        folder = self.run_dir()
+        if self.subcommand is not None:  # cli(run=False) runs nothing itself: no staging
+            self.run_folder = RunFolder(
+                folder, self._get(self.config, "overwrite"), self._get(self.config, "ckpt_path")
+            )
+            self.run_folder.check()
+            folder = self.run_folder.staging
+            # the tb/config.yaml this run saves must not replace a run when someone reruns it with --config
+            self.config[self.subcommand]["overwrite"] = False
+        kwargs["default_root_dir"] = str(folder)
         if config.get("logger") in (None, True):
-            kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+            kwargs["logger"] = TensorBoardLogger(save_dir=str(folder), name="tb", version="")
         return super().instantiate_trainer(**kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        """The subcommand inside its run folder's lifecycle: renamed into place when it returns, removed when
+        it raises (an error, a signal)."""
+        if self.run_folder is None:
+            return super()._run_subcommand(subcommand)
+        with self.run_folder.staged(self.trainer.is_global_zero, self.trainer.loggers):
+            super()._run_subcommand(subcommand)
+
     def run_dir(self) -> Path:
-        if self._get(self.config, "run_dir"):
-            return Path(self._get(self.config, "run_dir"))
+        """The final folder: ``--run_dir``, else ``trainer.default_root_dir``, else
+        ``<results_root>/<model>/<experiment>``."""
+        for key in ("run_dir", "trainer.default_root_dir"):
+            if self._get(self.config, key):
+                return Path(self._get(self.config, key))
         experiment = self._get(self.config, "experiment") or self.subcommand or "run"
         name = getattr(self.model, "run_name", type(self.model).__name__)
         return Path(self._get(self.config, "results_root")) / name / experiment
@@ -154,3 +183,4 @@ def _user_error(err: BaseException | None) -> PrunelightError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
