@@ -7,8 +7,10 @@ written into a staging folder renamed when the run completes (:mod:`prunelight.r
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,14 @@ class PrunelightCLI(LightningCLI):
             "Without it, a folder that is not empty is refused before anything runs.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, without its warning that ``args`` and ``sys.argv`` were both given: prunelight always
+        passes the arguments itself (``main`` needs them to dispatch ``report``/``compare``/``experiment``,
+        ``experiment`` passes each cell's), so the mistake it warns about cannot happen."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            super().parse_arguments(parser, args)
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer writes into the run folder's staging folder; a finished run there is refused first."""
         config = self._get(self.config, "trainer")
@@ -128,6 +138,7 @@ class PrunelightCLI(LightningCLI):
 
 
 def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
+    _hide_lightning_tips()
     return PrunelightCLI(
         L.LightningModule,
         L.LightningDataModule,
@@ -184,3 +195,17 @@ def _user_error(err: BaseException | None) -> PrunelightError | None:
         err = err.__cause__ or err.__context__
     return None
 
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising lines ("💡 Tip: ... try installing litlogger / litmodels"), which it
+    logs at info level through its rank-zero logger on every run; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+def _hide_lightning_tips() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
