@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelight.errors import ConfigError
-from prunelight.signals import Stopped
+from prunelight.signals import Stopped, held
 
 CHECKPOINTS = "checkpoints"
 RUN_ENTRIES = frozenset(
@@ -93,7 +93,8 @@ class RunFolder:
         if owner:
             for logger in loggers:
                 logger.finalize("success")
-            self._commit()
+            with held():
+                self._commit()
 
     def _prepare(self) -> list[Path]:
         """Clear a stale staging folder and create a fresh one; return the folders created (parents too)."""

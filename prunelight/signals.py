@@ -41,6 +41,14 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+class _State:
+    """What the handlers of :func:`stop_on_signals` share with :func:`held`."""
+
+    received: list[int] = []
+    holding: int = 0
+    pending: int | None = None
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Stopped` in the block (main thread only); the previous handlers
@@ -48,12 +56,15 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
+    _State.received, _State.holding, _State.pending = [], 0, None
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        if received:  # a second signal: the cleanup of the first is taking too long for the user
+        if _State.received:  # a second signal: the cleanup of the first is taking too long for the user
             os._exit(128 + signum)
-        received.append(signum)
+        _State.received.append(signum)
+        if _State.holding:
+            _State.pending = signum
+            return
         raise Stopped(signum)
 
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
@@ -64,3 +75,17 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A signal that arrives in the block stops the program only after it (a run folder's renames: a signal
+    between them would leave no run, or report a run it had written as not written)."""
+    _State.holding += 1
+    try:
+        yield
+    finally:
+        _State.holding -= 1
+        if not _State.holding and _State.pending is not None:
+            signum, _State.pending = _State.pending, None
+            raise Stopped(signum)

@@ -272,3 +272,30 @@ def test_overwrite_replaces_run_folders_only(tmp_path):
         _write_run(staging)
     assert (tmp_path / "empty" / "summary.md").is_file()
     assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_a_signal_during_the_renames_waits_for_them(tmp_path, monkeypatch):
+    """SIGTERM between the renames of --overwrite would leave no run: it is held until both are done, then
+    stops the program without claiming that nothing was written."""
+    import os
+
+    from prunelight.signals import stop_on_signals
+
+    final = tmp_path / "run"
+    _write_run(final)
+    commit = RunFolder._commit
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        commit(self)
+
+    monkeypatch.setattr(RunFolder, "_commit", signalled)
+    with pytest.raises(Stopped) as stop, stop_on_signals():
+        folder = RunFolder(final, overwrite=True)
+        folder.check()
+        with folder.staged(owner=True) as staging:
+            (staging / "summary.md").write_text("# new")
+    assert stop.value.folder is None
+    assert _fingerprint(final) == {"summary.md": _sha("# new")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
