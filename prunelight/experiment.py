@@ -3,8 +3,12 @@
 A grid names config keys and the values each takes (``data.corpora``, ``ranking.temperature``, ...); every
 combination is a cell, run in-process through the same CLI a user types, into ``<output>/cells/<cell>/``.
 A cell is finished when its ``summary.md`` exists (prune writes it last), so a rerun skips finished cells
-and starts the unfinished ones again from scratch. The table (``experiment.md``, ``experiment.json``) and a
-heatmap of pruned perplexities are written after every cell, so an interrupted grid still has its table.
+(it never reaches the CLI's refusal of an existing run folder) and starts the unfinished ones again from
+scratch: a cell runs like any CLI run into a hidden staging folder renamed when complete
+(:mod:`prunelight.run_folder`), which clears what an interrupted one left there.
+
+The table (``experiment.md``, ``experiment.json``) and a heatmap of pruned perplexities are written after
+every cell, so an interrupted grid still has its table.
 """
 
 from __future__ import annotations
@@ -127,7 +131,8 @@ def run_experiment(experiment: Experiment) -> dict[str, Any]:
         if (cell_dir / "summary.md").is_file():
             print(f"[{index + 1}/{len(cells)}] {name}: finished earlier, skipped", flush=True)
             continue
-        shutil.rmtree(cell_dir, ignore_errors=True)  # an interrupted cell starts again from scratch
+        # a cell folder without summary.md (written by a version without staging folders) starts again
+        shutil.rmtree(cell_dir, ignore_errors=True)
         print(f"[{index + 1}/{len(cells)}] {name}: running", flush=True)
         start = time.perf_counter()
         try:

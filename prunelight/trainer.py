@@ -150,7 +150,7 @@ class PrunelightTrainer(L.Trainer):
         from prunelight.stages.prune import run_prune
         from prunelight.stages.sparse import run_sparse
 
-        with _removed_on_failure(Path(self.default_root_dir)):
+        with _rewritten(Path(self.default_root_dir)):
             if sparsity is not None:
                 return run_sparse(
                     self,
@@ -195,7 +195,7 @@ class PrunelightTrainer(L.Trainer):
         """
         from prunelight.stages.finetune import run_finetune, write_finetune_summary
 
-        with _removed_on_failure(Path(self.default_root_dir)):
+        with _rewritten(Path(self.default_root_dir)):
             report = run_finetune(self, model, datamodule, recovery, evaluation, ckpt_path)
             if self.is_global_zero:
                 write_finetune_summary(Path(self.default_root_dir), report)
@@ -227,7 +227,7 @@ class PrunelightTrainer(L.Trainer):
         """
         from prunelight.stages.pipeline import run_pipeline
 
-        with _removed_on_failure(Path(self.default_root_dir)):
+        with _rewritten(Path(self.default_root_dir)):
             return run_pipeline(
                 self,
                 model,
@@ -264,10 +264,14 @@ def kept_on_device(module: L.LightningModule) -> Iterator[None]:
 
 
 class _removed_on_failure:
-    """Delete what the block created of ``folder`` and its parents, if the block raises."""
+    """Delete what the block created of ``folder`` and its parents, if the block raises.
+
+    On the command line ``folder`` is a fresh staging folder that :mod:`prunelight.run_folder` removes
+    itself; this is for the Python API, where ``default_root_dir`` is whatever the caller gave.
+    """
 
     def __init__(self, folder: Path) -> None:
-        folder = folder.absolute()
+        folder = self.folder = folder.absolute()
         self.created: Path | None = None
         while not folder.exists():
             self.created, folder = folder, folder.parent
@@ -279,3 +283,19 @@ class _removed_on_failure:
         if kind is not None and self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
         return False
+
+
+FINISHED_MARKS = ("summary.md", "analysis/recovery.json")
+"""``summary.md`` (written last) says a folder holds a finished run; a pipeline's ``recovery.json`` puts its
+table on top of any later ``summary.md``."""
+
+
+class _rewritten(_removed_on_failure):
+    """A stage writing into ``folder`` from the Python API: an earlier run's finished marks go first, so a
+    rerun into the same ``default_root_dir`` that fails half-way never leaves an old summary over new files.
+    (The command line never reuses a folder: each run has its own staging folder.)"""
+
+    def __enter__(self) -> None:
+        if self.created is None:
+            for name in FINISHED_MARKS:
+                (self.folder / name).unlink(missing_ok=True)

@@ -90,7 +90,6 @@ def run_finetune(
     check_zero_shot(evaluation)
     run_dir = Path(trainer.default_root_dir)
     analysis = run_dir / "analysis"
-    (run_dir / "summary.md").unlink(missing_ok=True)
 
     base = module.load_base()
     parameters = sum(p.numel() for p in base.parameters())

@@ -51,7 +51,6 @@ def run_pipeline(
     target_modules(_config_only_model(module), lora.targets)  # a bad LoRA target fails before pruning
     prepare_with(finetune_data, module.tokenizer)  # and so does missing fine-tuning data
     run_dir = Path(trainer.default_root_dir)
-    (run_dir / RECOVERY_FILE).unlink(missing_ok=True)
 
     pruned = trainer.prune(module, datamodule, save_model=True, **prune)
     evaluation = prune["evaluation"]

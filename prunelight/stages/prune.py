@@ -58,7 +58,6 @@ def run_prune(
     if evaluation is not None and evaluation.zero_shot is not None:
         refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
     run_dir = Path(trainer.default_root_dir)
-    (run_dir / "summary.md").unlink(missing_ok=True)
 
     callback = ImportanceCallback(
         importance.criterion,

@@ -73,7 +73,6 @@ def run_sparse(
         _check_semi_structured(sparsity, trainer)
     check_zero_shot(evaluation)
     run_dir = Path(trainer.default_root_dir)
-    (run_dir / "summary.md").unlink(missing_ok=True)
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     seconds: dict[str, float] = {}
