@@ -6,16 +6,20 @@ Each subcommand has default model and data classes (:data:`SUBCOMMANDS`), so a Y
 
 from __future__ import annotations
 
+import re
 import sys
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from prunelight.errors import PrunelightError
+from prunelight.errors import PrunelightError, raised_message_in
 from prunelight.trainer import PrunelightTrainer
 
 
@@ -105,6 +109,7 @@ def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        parser_kwargs={"exit_on_error": False},  # main() prints a parser error as one line
         args=args,
         run=run,
     )
@@ -126,19 +131,97 @@ def main(args: Any = None) -> None:
         else:
             cli(argv)
     except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
+        message = one_line_error(err)
+        if message is None:
             raise
-        print(f"prunelight: error: {user_error}", file=sys.stderr)
+        print(f"prunelight: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
-def _user_error(err: BaseException | None) -> PrunelightError | None:
-    """The PrunelightError behind ``err``: jsonargparse wraps errors raised while it builds the classes."""
-    seen = set()
+def one_line_error(err: BaseException) -> str | None:
+    """What the command line prints for ``err`` (one line), or None for a bug (it keeps its traceback).
+
+    A :class:`PrunelightError` anywhere in the chain (jsonargparse wraps errors raised while it builds the
+    classes) prints its message. jsonargparse's own reports (an unknown key, a value of the wrong type, a
+    number where a section is expected) print the key, the value and what is allowed; an error a settings
+    class raised while jsonargparse type-checked it prints its message. Lightning's refusals of trainer
+    settings (an accelerator the machine lacks) print the message and the key to change.
+    """
+    chain, seen = [], set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, PrunelightError):
-            return err
         seen.add(id(err))
+        chain.append(err)
         err = err.__cause__ or err.__context__
+    for item in chain:
+        if isinstance(item, PrunelightError):
+            return _flat(str(item))
+    first = chain[0]
+    quoted = raised_message_in(str(first))
+    if quoted is not None:
+        key = _parser_keys(str(first))
+        return f"{key}: {quoted}" if key and not quoted.startswith(key) else quoted
+    if isinstance(first, ArgumentError):
+        return _parser_message(str(first))
+    refused = next((item for item in chain if isinstance(item, MisconfigurationException)), None)
+    if refused is None and isinstance(first, ValueError) and _raised_in(first, "instantiate_trainer"):
+        refused = first  # Lightning refuses a trainer setting (an unknown strategy) with a ValueError
+    if refused is not None:
+        text = _flat(str(refused))
+        words = text.lower()
+        if any(word in words for word in ("gpu", "cuda", "mps", "tpu", "accelerator")):
+            gpus = torch.cuda.device_count()
+            return (
+                f"trainer.accelerator: {text} (this machine has {gpus} CUDA GPU{'' if gpus == 1 else 's'}); "
+                "use --trainer.accelerator cpu, or auto to take what is there"
+            )
+        key = next((k for k in ("strategy", "devices", "precision", "num_nodes") if k in words), None)
+        return f"trainer.{key}: {text}" if key else f"trainer: {text}"
     return None
+
+
+def _raised_in(err: BaseException, function: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == function:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parser_keys(message: str) -> str:
+    """``model.dtype`` from jsonargparse's nested ``Parser key "model": ... Parser key "dtype":`` lines."""
+    keys: list[str] = []
+    for key in re.findall(r'Parser key "([^"]+)"', message):
+        if not keys or keys[-1] != key:
+            keys.append(key)
+    return ".".join(keys)
+
+
+def _parser_message(message: str) -> str:
+    """One line for a jsonargparse error report: the key, the value given, and what the key accepts."""
+    key = _parser_keys(message)
+    where = f"{key}: " if key else ""
+    given = re.search(r"Got value: (.*)", message) or re.search(r"Given value: (.*)", message)
+    value = given.group(1).strip() if given else None
+    allowed = [
+        choice.strip().strip("'\"")
+        for literal in re.findall(r"Literal\[([^\]]*)\]", message)
+        for choice in literal.split(",")
+    ]
+    if allowed and value is not None:
+        return f"{where}{value!r} is not one of {', '.join(dict.fromkeys(allowed))}"
+    expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
+    if any(m in message for m in ("Not a valid subclass", "Unable to load config", "dot import path")):
+        what = value if value is not None else message.splitlines()[-1].split("config", 1)[-1].strip(" '\"")
+        return f"{where}expected a mapping of settings (a YAML section), got {what}"
+    if expected and value is not None:
+        return f"{where}expected {' or '.join(dict.fromkeys(expected))}, got {value!r}"
+    lines = [re.sub(r'^Parser key "[^"]+":', "", line.strip()) for line in message.splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith("Given value"))
+    if text.startswith("unrecognized arguments"):
+        text += " (the keys each subcommand takes: prunelight <subcommand> --help)"
+    return where + _flat(text)
