@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelight.data.readers import SUPPORTED_SUFFIXES, read_documents, suffix_of
+from prunelight.data.readers import SUPPORTED_SUFFIXES, read_documents, suffix_of, unreadable_text
 from prunelight.data.root import ENV, data_root, hub_disabled
 from prunelight.errors import ConfigError, DataError
 
@@ -337,6 +337,8 @@ def squad_records(path: Path) -> list[tuple[str, str, str, str]]:
             for para in article["paragraphs"]
             for qa in para["qas"]
         ]
+    except UnicodeDecodeError as err:
+        raise DataError(unreadable_text(path, err)) from None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
 
