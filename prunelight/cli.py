@@ -162,6 +162,10 @@ def one_line_error(err: BaseException) -> str | None:
         return f"{key}: {quoted}" if key and not quoted.startswith(key) else quoted
     if isinstance(first, ArgumentError):
         return _parser_message(str(first))
+    if isinstance(first, TypeError) and "must be a mapping" in str(first):
+        key, value = _instantiated(first)  # a YAML section given a scalar reaches the settings class
+        if key is not None:
+            return f"{key}: expected a mapping of settings (a YAML section), got {value!r}"
     refused = next((item for item in chain if isinstance(item, MisconfigurationException)), None)
     if refused is None and isinstance(first, ValueError) and _raised_in(first, "instantiate_trainer"):
         refused = first  # Lightning refuses a trainer setting (an unknown strategy) with a ValueError
@@ -177,6 +181,18 @@ def one_line_error(err: BaseException) -> str | None:
         key = next((k for k in ("strategy", "devices", "precision", "num_nodes") if k in words), None)
         return f"trainer.{key}: {text}" if key else f"trainer: {text}"
     return None
+
+
+def _instantiated(err: BaseException) -> tuple[str | None, Any]:
+    """The key (and its value) jsonargparse was instantiating when ``err`` was raised, from its frames."""
+    key, value, tb = None, None, err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if tb.tb_frame.f_code.co_name == "instantiate" and hasattr(local.get("component"), "dest"):
+            key = local["component"].dest
+            value = local["cfg"].get(key) if hasattr(local.get("cfg"), "get") else None
+        tb = tb.tb_next
+    return key, value
 
 
 def _raised_in(err: BaseException, function: str) -> bool:
@@ -215,9 +231,10 @@ def _parser_message(message: str) -> str:
     if allowed and value is not None:
         return f"{where}{value!r} is not one of {', '.join(dict.fromkeys(allowed))}"
     expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
-    if any(m in message for m in ("Not a valid subclass", "Unable to load config", "dot import path")):
+    if any(m in message for m in ("Not a valid subclass", "Unable to load config", "import path")):
         what = value if value is not None else message.splitlines()[-1].split("config", 1)[-1].strip(" '\"")
-        return f"{where}expected a mapping of settings (a YAML section), got {what}"
+        hint = " (YAML puts a space after each colon: {key: value})" if re.search(r":\S", what) else ""
+        return f"{where}expected a mapping of settings (a YAML section), got {what}{hint}"
     if expected and value is not None:
         return f"{where}expected {' or '.join(dict.fromkeys(expected))}, got {value!r}"
     lines = [re.sub(r'^Parser key "[^"]+":', "", line.strip()) for line in message.splitlines()]
