@@ -172,13 +172,13 @@ def one_line_error(err: BaseException) -> str | None:
     if refused is not None:
         text = _flat(str(refused))
         words = text.lower()
-        if any(word in words for word in ("gpu", "cuda", "mps", "tpu", "accelerator")):
+        key = next((k for k in ("strategy", "devices", "precision", "num_nodes") if k in words), None)
+        if key is None and any(word in words for word in ("gpu", "cuda", "mps", "tpu", "accelerator")):
             gpus = torch.cuda.device_count()
             return (
                 f"trainer.accelerator: {text} (this machine has {gpus} CUDA GPU{'' if gpus == 1 else 's'}); "
                 "use --trainer.accelerator cpu, or auto to take what is there"
             )
-        key = next((k for k in ("strategy", "devices", "precision", "num_nodes") if k in words), None)
         return f"trainer.{key}: {text}" if key else f"trainer: {text}"
     return None
 

@@ -94,6 +94,8 @@ CASES = [
          lambda i: _evaluate(i, "--model.path", getattr(i, "not.gguf")), "is not a GGUF file"),
     Case("no-tokenizer", "a model folder without a tokenizer",
          lambda i: _evaluate(i, "--model.path", i.no_tokenizer), "has no tokenizer"),
+    Case("data-tokenizer", "--data.tokenizer naming a folder without a tokenizer",
+         lambda i: _evaluate(i, "--data.tokenizer", i.no_tokenizer), "no_tokenizer has no tokenizer"),
     Case("shape-mismatch", "weights whose shapes disagree with config.json",
          lambda i: _evaluate(i, "--model.path", i.other_shapes), "is [32, 64] in the weights but [32, 48]"),
     Case("bad-config-json", "a config.json that is not JSON",
@@ -105,10 +107,12 @@ CASES = [
          lambda i: _evaluate(i, "--data.corpora", f"[{i.folder / 'cut.jsonl.gz'}]"), "not a complete gzip"),
     Case("negative-weight", "a mixture with a negative weight",
          lambda i: _prune(i, "--data.corpora", "[{name: wikitext2, weight: 0.5}, {name: ptb, weight: -1}]"),
-         "corpus 'ptb': weight must be > 0, got -1.0"),
+         "corpus 'ptb': weight must be > 0 and finite, got -1.0"),
     Case("zero-weights", "a mixture whose weights sum to zero",
          lambda i: _prune(i, "--data.corpora", "[{name: wikitext2, weight: 0}, {name: ptb, weight: 0}]"),
-         "weight must be > 0, got 0.0"),
+         "weight must be > 0 and finite, got 0.0"),
+    Case("infinite-weight", "a mixture with an infinite weight",
+         lambda i: _prune(i, "--data.corpora", "[{name: wikitext2, weight: .inf}]"), "finite, got inf"),
     # the parser
     Case("section-number", "a YAML section given a number instead of a mapping (data: 5)",
          lambda i: _evaluate(i, "--config", str(i.folder / "data_number.yaml")),
@@ -133,6 +137,8 @@ CASES = [
     # trainer settings
     Case("no-gpu", "--trainer.accelerator gpu on a machine without one",
          lambda i: _evaluate(i, "--trainer.accelerator", "gpu"), "trainer.accelerator: "),
+    Case("devices", "--trainer.devices 0",
+         lambda i: _evaluate(i, "--trainer.devices", "0"), "trainer.devices: "),
     Case("strategy", "--trainer.strategy with an unknown name",
          lambda i: _evaluate(i, "--trainer.strategy", "dpp"), "trainer.strategy: "),
     # settings against the model's config

@@ -58,8 +58,8 @@ class CorpusSpec:
     per_line: bool = False
 
     def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ConfigError(f"corpus {self.name!r}: weight must be > 0, got {self.weight}")
+        if not 0 < self.weight < float("inf"):
+            raise ConfigError(f"corpus {self.name!r}: weight must be > 0 and finite, got {self.weight}")
         if self.format is not None and self.format not in SQUAD_FORMATS:
             raise ConfigError(
                 f"corpus {self.name!r}: format {self.format!r} is not one of {', '.join(SQUAD_FORMATS)}"

@@ -94,10 +94,9 @@ def load_config(spec: ModelSpec, source: Source | None = None) -> Any:
 
 
 def check_checkpoint(source: Source, config: Any) -> None:
-    """A local folder's weights and tokenizer are there, complete, of ``config``'s shapes (headers only)."""
+    """A local folder's weights are there, complete and of ``config``'s shapes (from the headers only)."""
     if source.local and not source.gguf_file:
         check_folder(Path(source.location), config)
-        check_tokenizer_files(Path(source.location))
 
 
 def _first_line(err: BaseException) -> str:
@@ -107,6 +106,8 @@ def _first_line(err: BaseException) -> str:
 
 def load_tokenizer(spec: ModelSpec, source: Source | None = None) -> PreTrainedTokenizerBase:
     source = source or resolve(spec)
+    if source.local and not source.gguf_file:
+        check_tokenizer_files(Path(source.location))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs(spec))
     except (OSError, ValueError, TypeError) as err:

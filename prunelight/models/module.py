@@ -44,7 +44,7 @@ class CausalLMModule(L.LightningModule):
         self._source = resolve(self.spec)
         self.config = load_config(self.spec, self._source)
         self.adapter: FamilyAdapter = adapter_for(self.config)
-        check_checkpoint(self._source, self.config)  # weights and tokenizer there, before any is read
+        check_checkpoint(self._source, self.config)  # the weight files are there and whole, none read yet
         self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(self.spec, self._source)
         self.model: PreTrainedModel | None = None
 
