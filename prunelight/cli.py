@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from prunelight.errors import PrunelightError
+from prunelight.errors import PrunelightError, raised_message_in
 from prunelight.run_folder import RunFolder
 from prunelight.signals import Stopped, stop_on_signals
 from prunelight.trainer import PrunelightTrainer
@@ -147,6 +151,7 @@ def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        parser_kwargs={"exit_on_error": False},  # main() prints a parser error as one line
         args=args,
         run=run,
     )
@@ -178,21 +183,55 @@ def main(args: Any = None) -> None:
             os._exit(stop.exit_code)
         sys.exit(stop.exit_code)
     except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
+        message = one_line_error(err)
+        if message is None:
             raise
-        print(f"prunelight: error: {user_error}", file=sys.stderr)
+        print(f"prunelight: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
-def _user_error(err: BaseException | None) -> PrunelightError | None:
-    """The PrunelightError behind ``err``: jsonargparse wraps errors raised while it builds the classes."""
-    seen = set()
+def one_line_error(err: BaseException) -> str | None:
+    """What the command line prints for ``err`` (one line), or None for a bug (it keeps its traceback).
+
+    A :class:`PrunelightError` anywhere in the chain (jsonargparse wraps errors raised while it builds the
+    classes) prints its message. jsonargparse's own reports (an unknown key, a value of the wrong type, a
+    number where a section is expected) print the key, the value and what is allowed; an error a settings
+    class raised while jsonargparse type-checked it prints its message. Lightning's refusals of trainer
+    settings (an accelerator the machine lacks) print the message and the key to change.
+    """
+    chain, seen = [], set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, PrunelightError):
-            return err
         seen.add(id(err))
+        chain.append(err)
         err = err.__cause__ or err.__context__
+    for item in chain:
+        if isinstance(item, PrunelightError):
+            return _flat(str(item))
+    first = chain[0]
+    quoted = raised_message_in(str(first))
+    if quoted is not None:
+        key = _parser_keys(str(first))
+        return f"{key}: {quoted}" if key and not quoted.startswith(key) else quoted
+    if isinstance(first, ArgumentError):
+        return _parser_message(str(first))
+    if isinstance(first, TypeError) and "must be a mapping" in str(first):
+        key, value = _instantiated(first)  # a YAML section given a scalar reaches the settings class
+        if key is not None:
+            return f"{key}: expected a mapping of settings (a YAML section), got {value!r}"
+    refused = next((item for item in chain if isinstance(item, MisconfigurationException)), None)
+    if refused is None and isinstance(first, ValueError) and _raised_in(first, "instantiate_trainer"):
+        refused = first  # Lightning refuses a trainer setting (an unknown strategy) with a ValueError
+    if refused is not None:
+        text = _flat(str(refused))
+        words = text.lower()
+        key = next((k for k in ("strategy", "devices", "precision", "num_nodes") if k in words), None)
+        if key is None and any(word in words for word in ("gpu", "cuda", "mps", "tpu", "accelerator")):
+            gpus = torch.cuda.device_count()
+            return (
+                f"trainer.accelerator: {text} (this machine has {gpus} CUDA GPU{'' if gpus == 1 else 's'}); "
+                "use --trainer.accelerator cpu, or auto to take what is there"
+            )
+        return f"trainer.{key}: {text}" if key else f"trainer: {text}"
     return None
 
 
@@ -209,3 +248,64 @@ def _hide_lightning_tips() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in logger.filters):
             logger.addFilter(_NoTips())
+
+
+def _instantiated(err: BaseException) -> tuple[str | None, Any]:
+    """The key (and its value) jsonargparse was instantiating when ``err`` was raised, from its frames."""
+    key, value, tb = None, None, err.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        if tb.tb_frame.f_code.co_name == "instantiate" and hasattr(local.get("component"), "dest"):
+            key = local["component"].dest
+            value = local["cfg"].get(key) if hasattr(local.get("cfg"), "get") else None
+        tb = tb.tb_next
+    return key, value
+
+
+def _raised_in(err: BaseException, function: str) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == function:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parser_keys(message: str) -> str:
+    """``model.dtype`` from jsonargparse's nested ``Parser key "model": ... Parser key "dtype":`` lines."""
+    keys: list[str] = []
+    for key in re.findall(r'Parser key "([^"]+)"', message):
+        if not keys or keys[-1] != key:
+            keys.append(key)
+    return ".".join(keys)
+
+
+def _parser_message(message: str) -> str:
+    """One line for a jsonargparse error report: the key, the value given, and what the key accepts."""
+    key = _parser_keys(message)
+    where = f"{key}: " if key else ""
+    given = re.search(r"Got value: (.*)", message) or re.search(r"Given value: (.*)", message)
+    value = given.group(1).strip() if given else None
+    allowed = [
+        choice.strip().strip("'\"")
+        for literal in re.findall(r"Literal\[([^\]]*)\]", message)
+        for choice in literal.split(",")
+    ]
+    if allowed and value is not None:
+        return f"{where}{value!r} is not one of {', '.join(dict.fromkeys(allowed))}"
+    expected = [t for t in re.findall(r"Expected a <class '([\w.]+)'>", message) if t != "NoneType"]
+    if any(m in message for m in ("Not a valid subclass", "Unable to load config", "import path")):
+        what = value if value is not None else message.splitlines()[-1].split("config", 1)[-1].strip(" '\"")
+        hint = " (YAML puts a space after each colon: {key: value})" if re.search(r":\S", what) else ""
+        return f"{where}expected a mapping of settings (a YAML section), got {what}{hint}"
+    if expected and value is not None:
+        return f"{where}expected {' or '.join(dict.fromkeys(expected))}, got {value!r}"
+    lines = [re.sub(r'^Parser key "[^"]+":', "", line.strip()) for line in message.splitlines()]
+    text = " ".join(line for line in lines if line and not line.startswith("Given value"))
+    if text.startswith("unrecognized arguments"):
+        text += " (the keys each subcommand takes: prunelight <subcommand> --help)"
+    return where + _flat(text)

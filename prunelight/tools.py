@@ -82,5 +82,6 @@ TOOLS: dict[str, tuple[Callable[[], ArgumentParser], Callable[[Namespace], None]
 
 def run_tool(name: str, argv: list[str]) -> None:
     build, run = TOOLS[name]
-    config = build().parse_args(argv)
-    run(config)
+    parser = build()
+    parser.exit_on_error = False  # main() prints a parser error as one line
+    run(parser.parse_args(argv))

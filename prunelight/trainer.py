@@ -20,6 +20,7 @@ from prunelight.finetune.module import TrainingSettings
 from prunelight.importance import Calibrated
 from prunelight.models.sharding import is_fully_sharded, refuse_sharding
 from prunelight.ranking import RankingConfig
+from prunelight.stages.check import check_stage
 from prunelight.stages.finetune import RecoverySettings
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
 
@@ -64,6 +65,7 @@ class PrunelightTrainer(L.Trainer):
         if zero_shot is not None:
             refuse_sharding(self.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
             check_tasks(zero_shot)  # an unknown task or missing data fails before the model loads
+        check_stage(self, model, datamodule)
         report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
         with _removed_on_failure(Path(self.default_root_dir)):
             result = self.measure_perplexity(model, datamodule, report or EvaluationReport())
@@ -150,6 +152,7 @@ class PrunelightTrainer(L.Trainer):
         from prunelight.stages.prune import run_prune
         from prunelight.stages.sparse import run_sparse
 
+        check_stage(self, model, datamodule, ranking, evaluation, sparsity)
         with _rewritten(Path(self.default_root_dir)):
             if sparsity is not None:
                 return run_sparse(
@@ -195,6 +198,7 @@ class PrunelightTrainer(L.Trainer):
         """
         from prunelight.stages.finetune import run_finetune, write_finetune_summary
 
+        check_stage(self, model, datamodule, evaluation=evaluation)
         with _rewritten(Path(self.default_root_dir)):
             report = run_finetune(self, model, datamodule, recovery, evaluation, ckpt_path)
             if self.is_global_zero:
@@ -227,6 +231,7 @@ class PrunelightTrainer(L.Trainer):
         """
         from prunelight.stages.pipeline import run_pipeline
 
+        check_stage(self, model, datamodule, ranking, evaluation, sparsity, finetune_data)
         with _rewritten(Path(self.default_root_dir)):
             return run_pipeline(
                 self,

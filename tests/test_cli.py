@@ -90,7 +90,7 @@ def test_evaluate_end_to_end(tiny_llama, tmp_path, capsys):
     ("override", "message"),
     [
         (["--data.corpora", "[wikitext103]"], "unknown corpus 'wikitext103'; known corpora: c4, c4_zh"),
-        (["--data.seqlen", "4096"], "longer than the model's context"),
+        (["--data.seqlen", "4096"], "data.seqlen: 4096 tokens is longer than the context"),
         (["--data.corpora", "[{name: wikitext2, split: train}]"], "is not available"),
         (["--model.path", "./missing/model"], "does not exist"),
     ],

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelight.data.readers import SUPPORTED_SUFFIXES, read_documents, suffix_of
+from prunelight.data.readers import SUPPORTED_SUFFIXES, read_documents, suffix_of, unreadable_text
 from prunelight.data.root import ENV, data_root
 from prunelight.errors import ConfigError, DataError
 from prunelight.hub import hub_status
@@ -59,8 +59,8 @@ class CorpusSpec:
     per_line: bool = False
 
     def __post_init__(self) -> None:
-        if not self.weight > 0:
-            raise ConfigError(f"corpus {self.name!r}: weight must be > 0, got {self.weight}")
+        if not 0 < self.weight < float("inf"):
+            raise ConfigError(f"corpus {self.name!r}: weight must be > 0 and finite, got {self.weight}")
         if self.format is not None and self.format not in SQUAD_FORMATS:
             raise ConfigError(
                 f"corpus {self.name!r}: format {self.format!r} is not one of {', '.join(SQUAD_FORMATS)}"
@@ -343,6 +343,8 @@ def squad_records(path: Path) -> list[tuple[str, str, str, str]]:
             for para in article["paragraphs"]
             for qa in para["qas"]
         ]
+    except UnicodeDecodeError as err:
+        raise DataError(unreadable_text(path, err)) from None
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -38,19 +39,34 @@ def read_documents(path: Path, text_field: str = "text", per_line: bool = False)
     if not path.is_file():
         raise DataError(f"corpus file {path} does not exist")
     kind = suffix_of(path)
-    if kind in (".txt", ".raw"):
-        docs = _read_text(path, per_line)
-    elif kind in (".jsonl", ".jsonl.gz"):
-        docs = list(_read_jsonl(path, text_field))
-    elif kind in (".json", ".json.gz"):
-        docs = _read_json(path, text_field)
-    elif kind == ".parquet":
-        docs = _read_parquet(path, text_field)
-    else:
-        raise DataError(f"{path}: unsupported file type {kind!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    try:
+        if kind in (".txt", ".raw"):
+            docs = _read_text(path, per_line)
+        elif kind in (".jsonl", ".jsonl.gz"):
+            docs = list(_read_jsonl(path, text_field))
+        elif kind in (".json", ".json.gz"):
+            docs = _read_json(path, text_field)
+        elif kind == ".parquet":
+            docs = _read_parquet(path, text_field)
+        else:
+            raise DataError(
+                f"{path}: unsupported file type {kind!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+            )
+    except UnicodeDecodeError as err:
+        raise DataError(unreadable_text(path, err)) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: not a complete gzip file ({err}); copy or download it again") from None
     if not any(doc.strip() for doc in docs):
         raise DataError(f"corpus file {path} is empty (no text found)")
     return docs
+
+
+def unreadable_text(path: Path, err: UnicodeDecodeError) -> str:
+    """The message for a file that is not UTF-8: where, and how to convert it."""
+    return (
+        f"{path} is not UTF-8 text (it holds byte 0x{err.object[err.start]:02x}, which UTF-8 text cannot); "
+        f"convert it to UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
+    )
 
 
 def _read_text(path: Path, per_line: bool) -> list[str]:
@@ -109,9 +125,13 @@ def _read_json(path: Path, text_field: str) -> list[str]:
 
 
 def _read_parquet(path: Path, text_field: str) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable parquet file ({err}); copy or write it again") from None
     if text_field not in table.column_names:
         raise DataError(
             f"{path}: no column {text_field!r} (columns: {', '.join(table.column_names)}); set text_field"

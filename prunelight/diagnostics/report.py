@@ -15,7 +15,7 @@ from prunelight.diagnostics.schema import load, validate
 from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.diagnostics.tensorboard import write_tensorboard
 from prunelight.errors import ConfigError
-from prunelight.io import write_json
+from prunelight.io import check_creatable, write_json
 from prunelight.stages.recovery_report import recovery_section
 from prunelight.stages.report import layer_rate, summary_markdown
 
@@ -59,6 +59,7 @@ def compare(runs: list[Path], output: Path) -> list[Path]:
     """compare.md (settings, parameters and perplexities of each run) and compare_rates.png."""
     if len(runs) < 2:
         raise ConfigError("compare needs at least two run folders")
+    check_creatable(output, "output")
     labels = _labels(runs)
     reports = {label: load(run / "analysis" / "prune.json") for label, run in zip(labels, runs, strict=True)}
     layers = {label: _layer_fractions(run) for label, run in zip(labels, runs, strict=True)}

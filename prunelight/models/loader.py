@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -23,6 +24,7 @@ from prunelight.errors import ModelError
 from prunelight.hub import hub_status
 from prunelight.models import zoo
 from prunelight.models.adapters import FamilyAdapter, adapter_for
+from prunelight.models.checkpoint import check_folder, check_gguf_file, check_tokenizer_files
 from prunelight.models.gguf import drop_quantization_config, require_gguf
 from prunelight.models.spec import ModelSpec
 
@@ -54,11 +56,13 @@ def resolve(spec: ModelSpec) -> Source:
             raise ModelError(
                 f"{path} is a file but not a .gguf checkpoint; give a Hugging Face folder instead"
             )
+        check_gguf_file(local)
         return Source(str(local.parent), local.name, True)
     if local.is_dir():
         if spec.gguf_file:
             if not (local / spec.gguf_file).is_file():
                 raise ModelError(f"gguf_file {spec.gguf_file!r} not found in {local}")
+            check_gguf_file(local / spec.gguf_file)
         elif not (local / "config.json").is_file():
             raise ModelError(
                 f"{local} has no config.json, so it is not a Hugging Face model folder; "
@@ -86,21 +90,40 @@ def load_config(spec: ModelSpec, source: Source | None = None) -> Any:
         require_gguf(source.gguf_file)
     try:
         return AutoConfig.from_pretrained(source.location, **source.kwargs(spec))
-    except OSError as err:
-        status = hub_status()
+    except (OSError, ValueError, KeyError) as err:  # no/corrupt config.json, unknown model_type, bad GGUF
         hint = ""
         if not source.local:
+            status = hub_status()
             hint = (
                 f" ({status.describe()}: use a local folder, a .gguf file or a zoo name)"
                 if not status.reachable
                 else " (a hub id must name an existing model repository)"
             )
-        raise ModelError(f"could not read the config of {spec.path!r}: {err}{hint}") from None
+        raise ModelError(f"could not read the config of {spec.path!r}: {_first_line(err)}{hint}") from None
+
+
+def check_checkpoint(source: Source, config: Any) -> None:
+    """A local folder's weights are there, complete and of ``config``'s shapes (from the headers only)."""
+    if source.local and not source.gguf_file:
+        check_folder(Path(source.location), config)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def load_tokenizer(spec: ModelSpec, source: Source | None = None) -> PreTrainedTokenizerBase:
     source = source or resolve(spec)
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs(spec))
+    if source.local and not source.gguf_file:
+        check_tokenizer_files(Path(source.location))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs(spec))
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelError(
+            f"could not load the tokenizer of {spec.path!r}: {_first_line(err)}; a model folder needs its "
+            "tokenizer files: copy those of the model it came from (tokenizer.save_pretrained(folder))"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -127,6 +150,7 @@ def load(spec: ModelSpec | str | None = None, **overrides: Any) -> LoadedModel:
     source = resolve(spec)
     config = load_config(spec, source)
     adapter = adapter_for(config)
+    check_checkpoint(source, config)
     model = load_weights(spec, source)
     return LoadedModel(model, load_tokenizer(spec, source), adapter, spec)
 
@@ -136,7 +160,10 @@ def load_weights(spec: ModelSpec, source: Source | None = None) -> PreTrainedMod
     kwargs = source.kwargs(spec)
     if spec.device_map:
         kwargs["device_map"] = spec.device_map
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=spec.torch_dtype(), **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=spec.torch_dtype(), **kwargs)
+    except (OSError, SafetensorError) as err:  # what check_checkpoint cannot see: a hub id's files
+        raise ModelError(f"could not load the weights of {spec.path!r}: {_first_line(err)}") from None
     if source.gguf_file:
         drop_quantization_config(model)
     model.eval()

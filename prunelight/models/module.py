@@ -8,7 +8,7 @@ import lightning as L
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from prunelight.models.adapters import FamilyAdapter, adapter_for
-from prunelight.models.loader import load_config, load_tokenizer, load_weights, resolve
+from prunelight.models.loader import check_checkpoint, load_config, load_tokenizer, load_weights, resolve
 from prunelight.models.sharding import is_fully_sharded, load_shards, shard, shard_loadable
 from prunelight.models.spec import DType, ModelSpec
 
@@ -44,6 +44,7 @@ class CausalLMModule(L.LightningModule):
         self._source = resolve(self.spec)
         self.config = load_config(self.spec, self._source)
         self.adapter: FamilyAdapter = adapter_for(self.config)
+        check_checkpoint(self._source, self.config)  # the weight files are there and whole, none read yet
         self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(self.spec, self._source)
         self.model: PreTrainedModel | None = None
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from prunelight.errors import ConfigError, ModelError
 from prunelight.models.adapters import adapter_for
+from prunelight.models.checkpoint import check_folder
 from prunelight.save.classes import register, sync_config
 
 
@@ -87,6 +88,11 @@ def load_pruned(
         dtype = resolved
     if dtype is not None:
         kwargs["dtype"] = dtype
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder}/config.json cannot be read: {str(err).splitlines()[0]}") from None
+    check_folder(folder, config)  # the weights are there, whole, and of the config's shapes
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if device is not None:
         model.to(device)

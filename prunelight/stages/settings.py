@@ -54,6 +54,20 @@ class EvaluationSettings:
     dense: bool = True
     zero_shot: ZeroShotSettings | None = None
 
+    def __post_init__(self) -> None:
+        from prunelight.data.corpora import canonical_split
+
+        try:
+            canonical_split(self.split)
+        except ConfigError as err:
+            raise ConfigError(f"evaluation.split: {err}") from None
+        if self.seqlen < 2:
+            raise ConfigError(f"evaluation.seqlen must be at least 2 tokens, got {self.seqlen}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise ConfigError(f"evaluation.max_windows must be at least 1 (or null), got {self.max_windows}")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluation.batch_size must be at least 1, got {self.batch_size}")
+
 
 SparsePattern = Literal["unstructured", "nm", "block", "hybrid"]
 SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
@@ -143,8 +157,26 @@ class SparsitySettings:
                 f"structures_share={shares[0]} and blocks_share={shares[1]} must be in [0, 1] and sum to at "
                 "most 1 (single weights take the rest)"
             )
+        if self.allocation == "owl":
+            self._check_owl()
         if self.sparsegpt_block_size < 1 or self.sparsegpt_damping < 0:
             raise ConfigError("sparsegpt_block_size must be >= 1 and sparsegpt_damping >= 0")
+
+    def _check_owl(self) -> None:
+        from prunelight.ranking.sparsity import MAX_LAYER_SPARSITY
+
+        if not 0.0 <= self.owl_lambda < 1.0:
+            raise ConfigError(
+                f"owl_lambda must be in [0, 1), got {self.owl_lambda} (OWL's paper uses 0.02 to 0.1)"
+            )
+        highest = self.target + self.owl_lambda
+        if highest > MAX_LAYER_SPARSITY:
+            raise ConfigError(
+                f"sparsity {self.target} with allocation owl and owl_lambda {self.owl_lambda} gives layers "
+                f"up to {highest:.3g} sparsity, but a layer keeps at least {1 - MAX_LAYER_SPARSITY:.0%} of "
+                f"its weights; lower sparsity or owl_lambda (sparsity + owl_lambda <= {MAX_LAYER_SPARSITY}), "
+                "or use allocation: uniform"
+            )
 
     @property
     def target(self) -> float:

@@ -1,0 +1,176 @@
+"""The ``check`` step every stage runs first: its settings against the model's config, before anything costly.
+
+The model's config (config.json, read when the model module was built) fixes the number of decoder layers,
+the context length and every projection's shape; the settings name layers, window lengths, splits, N:M
+groups and tiles. Each mismatch is a :class:`ConfigError` naming the key, raised before the results folder
+exists, the weights load, the calibration runs or the dense model is evaluated. Checks that need no model
+live with the settings themselves (``__post_init__``); this module holds those that need the config.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prunelight.data.corpora import NAMED, CorpusSpec, canonical_split
+from prunelight.errors import ConfigError
+from prunelight.io import check_creatable
+
+if TYPE_CHECKING:
+    from prunelight.ranking import RankingConfig
+    from prunelight.stages.settings import EvaluationSettings, SparsitySettings
+
+LENGTHS = ("seqlen", "block_size", "max_length")
+"""The attribute that holds a datamodule's tokens per sequence (perplexity/calibration, LM, instruction)."""
+
+
+def check_stage(
+    trainer: Any,
+    module: Any,
+    datamodule: Any = None,
+    ranking: RankingConfig | None = None,
+    evaluation: EvaluationSettings | None = None,
+    sparsity: SparsitySettings | None = None,
+    finetune_data: Any = None,
+) -> None:
+    """Every check of a stage's settings that the model's config allows, in one place; cheap (no weights)."""
+    check_creatable(trainer.default_root_dir, "results_root (or run_dir)")
+    for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
+        if data is not None:
+            check_datamodule_splits(data, key)
+    if evaluation is not None:
+        check_splits(evaluation.corpora, evaluation.split, "evaluation")
+    config = getattr(module, "config", None)
+    if config is None:
+        return
+    name = getattr(getattr(module, "spec", None), "path", "the model")
+    context = getattr(config, "max_position_embeddings", None)
+    for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
+        attribute = next((a for a in LENGTHS if isinstance(getattr(data, a, None), int)), None)
+        if data is not None and attribute is not None:
+            check_length(getattr(data, attribute), context, f"{key}.{attribute}", name)
+    if evaluation is not None:
+        check_length(evaluation.seqlen, context, "evaluation.seqlen", name)
+    layers = getattr(config, "num_hidden_layers", None)
+    if ranking is not None and layers is not None:
+        check_layers(ranking, layers, name)
+    if sparsity is not None and ranking is not None:
+        check_sparse(module, sparsity, ranking)
+
+
+def check_length(length: int, context: int | None, key: str, name: str) -> None:
+    if context is not None and length > context:
+        raise ConfigError(
+            f"{key}: {length} tokens is longer than the context of {name} ({context} tokens, "
+            f"max_position_embeddings in config.json); lower {key} to at most {context}"
+        )
+
+
+def check_layers(ranking: RankingConfig, layers: int, name: str) -> None:
+    """``protected_layers``, ``first_layers`` and ``remove_layers`` against the model's decoder layers."""
+    bad = [i for i in ranking.protected_layers if not -layers <= i < layers]
+    if bad:
+        raise ConfigError(
+            f"ranking.protected_layers: {bad[0]} is not a layer of {name}, which has {layers} layers "
+            f"(0 to {layers - 1}, or -1 to -{layers} from the end)"
+        )
+    if ranking.first_layers > layers:
+        raise ConfigError(
+            f"ranking.first_layers: {ranking.first_layers}, but {name} has {layers} layers; "
+            f"give at most {layers}"
+        )
+    protected = {i % layers for i in ranking.protected_layers}
+    if ranking.remove_layers and ranking.remove_layers > min(layers - 1, layers - len(protected)):
+        raise ConfigError(
+            f"ranking.remove_layers: {ranking.remove_layers}, but only "
+            f"{min(layers - 1, layers - len(protected))} of the {layers} layers of {name} can go (one "
+            "stays, protected_layers never go); lower remove_layers"
+        )
+
+
+def check_datamodule_splits(data: Any, key: str) -> None:
+    """The split names of a datamodule's corpora (a typo, or a split the corpus does not have)."""
+    if hasattr(data, "specs") and hasattr(data, "split"):  # calibration and perplexity datamodules
+        check_splits(data.specs, data.split, key)
+    elif hasattr(data, "spec") and hasattr(data, "train_split"):  # language modelling
+        for split_key in ("train_split", "val_split"):
+            check_splits([data.spec], getattr(data, split_key), key, split_key)
+
+
+def check_splits(
+    corpora: list[str | CorpusSpec] | list[CorpusSpec], split: str, key: str, split_key: str = "split"
+) -> None:
+    from prunelight.data.corpora import as_spec
+
+    for index, corpus in enumerate(corpora):
+        spec = as_spec(corpus)
+        where = f"{key}.corpora[{index}].split" if spec.split else f"{key}.{split_key}"
+        try:
+            name = canonical_split(spec.split or split)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        named = NAMED.get(spec.name)
+        if named is None:
+            continue
+        local = "validation" if name == "test" and "test" not in named.local else name
+        if name not in named.hub_splits and local not in named.local:
+            has = sorted(set(named.hub_splits) | set(named.local))
+            raise ConfigError(
+                f"{where}: corpus {spec.name!r} has no {name!r} split (it has {', '.join(has)}); "
+                f"set {where} to one of them"
+            )
+
+
+def check_sparse(module: Any, sparsity: SparsitySettings, ranking: RankingConfig) -> None:
+    """The target within the ranking's per-layer limits; N:M groups and whole tiles dividing every
+    projection they prune (a layer the limits leave unpruned is skipped, as the stage skips it)."""
+    from prunelight.importance.inputs import PROJECTIONS
+    from prunelight.ranking.patterns import check_nm
+    from prunelight.ranking.rank import layer_constraints
+    from prunelight.ranking.sparsity import allocate_sparsity, layer_bounds
+
+    model = _meta_model(module)
+    if model is None:
+        return
+    layers = module.adapter.decoder_layers(model)
+    bounds = layer_bounds(layer_constraints(ranking, len(layers)), len(layers))
+    if sparsity.pattern in ("unstructured", "block"):  # nm fixes every layer; hybrid's tiers differ
+        sizes = [
+            sum(getattr(module.adapter.modules(layer), p).weight.numel() for p in PROJECTIONS)
+            for layer in layers
+        ]
+        allocate_sparsity([sparsity.target] * len(sizes), sizes, sparsity.target, bounds)
+    if sparsity.pattern not in ("nm", "block"):
+        return
+    rows, cols = sparsity.block
+    for index, layer in enumerate(layers):
+        if bounds[index][1] == 0:
+            continue
+        modules = module.adapter.modules(layer)
+        for projection in PROJECTIONS:
+            out, inp = getattr(modules, projection).weight.shape
+            label = f"layer {index} {projection}_proj ({out}x{inp})"
+            if sparsity.pattern == "nm":
+                try:
+                    check_nm(sparsity.n, sparsity.m, inp, label)
+                except ConfigError as err:
+                    raise ConfigError(f"sparsity.m: {err}") from None
+            elif out % rows or inp % cols:
+                raise ConfigError(
+                    f"sparsity.block: {rows}x{cols} tiles do not divide {label}; use a tile size that "
+                    "divides every pruned weight, protect that layer (ranking.protected_layers), or use the "
+                    "hybrid pattern, which leaves partial edge tiles to single weights"
+                )
+
+
+def _meta_model(module: Any) -> Any:
+    """The module's model if loaded, else its architecture on the meta device (shapes only, no memory)."""
+    if getattr(module, "model", None) is not None:
+        return module.model
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(module.config)
+    except Exception:  # an architecture transformers cannot build from its config alone: the stage checks
+        return None
