@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelight.errors import ConfigError
+from prunelight.io import check_creatable
 from prunelight.signals import Stopped, held
 
 CHECKPOINTS = "checkpoints"
@@ -63,7 +64,10 @@ class RunFolder:
         self.aside = self.final.parent / f".{self.final.name}.replaced"
 
     def check(self) -> None:
-        """Refuse at once (before any model loads) a final folder that already holds something."""
+        """Refuse at once (before any model loads) a final folder that already holds something, or one that
+        cannot be created (under a file, read-only) with its staging folder beside it."""
+        check_creatable(self.final, "results_root (or run_dir)")
+        check_creatable(self.final.parent, "results_root (or run_dir)")
         if not _occupied(self.final):
             return
         if not self.overwrite:
