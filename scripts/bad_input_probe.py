@@ -18,24 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import SHARED_DATA  # noqa: E402  (sets the offline hub and the data root)
+from conftest import build_tiny_tokenizer  # noqa: E402  (importing conftest sets the offline hub and data root)
 from test_bad_input import CASES, with_results_root, write_inputs  # noqa: E402
 
 
 def tiny_tokenizer(folder: Path):
     """The tests' tiny byte-level BPE (tests/conftest.py), built outside pytest."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    lines = (SHARED_DATA / "wikitext2" / "wiki.valid.raw").read_text(encoding="utf-8").splitlines()[:2000]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return build_tiny_tokenizer()
 
 
 def main() -> None:

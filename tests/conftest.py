@@ -45,9 +45,9 @@ FAMILY_CONFIGS: dict[str, dict] = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on WikiText-2 validation: real tokenisation, 512 ids, built in a second."""
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on WikiText-2 validation: real tokenisation, 512 ids, built in a second (also
+    used outside pytest, by scripts/bad_input_probe.py)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     lines = (SHARED_DATA / "wikitext2" / "wiki.valid.raw").read_text(encoding="utf-8").splitlines()[:2000]
@@ -58,9 +58,36 @@ def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
         vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(lines, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
+    fast = build_tiny_tokenizer()
     fast.save_pretrained(tmp_path_factory.mktemp("tokenizer"))
     return fast
+
+
+def tiny_prune_args(model: Path, root: Path, *extra: str) -> list[str]:
+    """A structured prune of a tiny model on 4 x 32 WikiText-2 validation tokens into ``root/<model>/run``."""
+    corpora = "[{name: wikitext2, split: validation}]"
+    return [
+        "prune",
+        "--model.path", str(model),
+        "--model.dtype", "float32",
+        "--data.corpora", corpora,
+        "--data.nsamples", "4",
+        "--data.seqlen", "32",
+        "--data.batch_size", "2",
+        "--evaluation.corpora", corpora,
+        "--evaluation.split", "validation",
+        "--evaluation.seqlen", "64",
+        "--evaluation.max_windows", "2",
+        "--results_root", str(root),
+        "--experiment", "run",
+        "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip
 
 
 def tiny_config(family: str, vocab_size: int):

@@ -15,34 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_prune_args
 
 from prunelight.cli import main
 from prunelight.errors import ConfigError
 from prunelight.run_folder import RunFolder
 from prunelight.signals import Stopped
 
-WIKI_VALID = "[{name: wikitext2, split: validation}]"
-
 
 def _args(model: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "prune",
-        "--model.path", str(model),
-        "--model.dtype", "float32",
-        "--data.corpora", WIKI_VALID,
-        "--data.nsamples", "4",
-        "--data.seqlen", "32",
-        "--data.batch_size", "2",
-        "--evaluation.corpora", WIKI_VALID,
-        "--evaluation.split", "validation",
-        "--evaluation.seqlen", "64",
-        "--evaluation.max_windows", "2",
-        "--results_root", str(root),
-        "--experiment", "run",
-        "--trainer.enable_progress_bar", "false",
-        *extra,
-    ]  # fmt: skip
+    return tiny_prune_args(model, root, *extra)
 
 
 def _fingerprint(folder: Path) -> dict[str, str]:

@@ -17,4 +17,3 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     if os.environ.get(ENV):
         return Path(os.environ[ENV]).expanduser()
     return DEFAULT
-

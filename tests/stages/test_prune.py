@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_ddp
+from conftest import launch_ddp, tiny_prune_args
 from safetensors.torch import load_file
 
 import prunelight
@@ -15,27 +15,9 @@ from prunelight.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
-WIKI_VALID = "[{name: wikitext2, split: validation}]"
-
 
 def _args(folder, tmp_path, *extra: str) -> list[str]:
-    return [
-        "prune",
-        "--model.path", str(folder),
-        "--model.dtype", "float32",
-        "--data.corpora", WIKI_VALID,
-        "--data.nsamples", "4",
-        "--data.seqlen", "32",
-        "--data.batch_size", "2",
-        "--evaluation.corpora", WIKI_VALID,
-        "--evaluation.split", "validation",
-        "--evaluation.seqlen", "64",
-        "--evaluation.max_windows", "2",
-        "--results_root", str(tmp_path / "results"),
-        "--experiment", "run",
-        "--trainer.enable_progress_bar", "false",
-        *extra,
-    ]  # fmt: skip
+    return tiny_prune_args(folder, tmp_path / "results", *extra)
 
 
 @pytest.mark.parametrize(
