@@ -128,7 +128,7 @@ def test_seqlen_longer_than_context_fails_before_writing(tiny_llama, tmp_path):
     data = PerplexityDataModule(corpora=["ptb"], seqlen=1024, max_windows=1)
     run_dir = tmp_path / "run"
     trainer = PrunelightTrainer(default_root_dir=run_dir, enable_progress_bar=False)
-    with pytest.raises(ConfigError, match="longer than the model's context"):
+    with pytest.raises(ConfigError, match="data.seqlen: 1024 tokens is longer than the context"):
         trainer.evaluate(module, data)
     assert not run_dir.exists()
 
