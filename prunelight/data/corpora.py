@@ -262,19 +262,54 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
         ) as err:  # any hub failure falls back to the data root, and is reported if that fails too
             hub_error = f"the hub failed ({type(err).__name__}: {str(err)[:200]})"
             log.info("corpus %s: %s; trying the data root %s", named.name, hub_error, root)
+    matches = _local_copy(named, local_split, root)
+    if matches:
+        texts = [t for path in matches for t in _local_texts(named, spec, path)]
+        return Corpus(spec.label, texts, named.join, named.ordered, str(matches[0]))
+    raise DataError(_not_available(named, split, local_split, root, hub_error))
+
+
+def _local_copy(named: NamedCorpus, local_split: str, root: Path) -> list[Path]:
+    """The files of the first local pattern of the split that exists under the data root (none: [])."""
+    for pattern in named.local.get(local_split, ()):
+        matches = sorted((root / named.name).glob(pattern))
+        if matches:
+            return matches
+    return []
+
+
+def _not_available(named: NamedCorpus, split: str, local_split: str, root: Path, hub_error: str) -> str:
     folder = root / named.name
     candidates = named.local.get(local_split, ())
-    for pattern in candidates:
-        matches = sorted(folder.glob(pattern))
-        if matches:
-            texts = [t for path in matches for t in _local_texts(named, spec, path)]
-            return Corpus(spec.label, texts, named.join, named.ordered, str(matches[0]))
     looked = ", ".join(str(folder / p) for p in candidates) or f"{folder} (no local layout for this split)"
-    raise DataError(
+    return (
         f"corpus {named.name!r} split {split!r} is not available: {hub_error}, and no local copy was found "
         f"(looked for {looked}). Put the files there, or point the data root at them with the {ENV} "
         "environment variable or the data_root setting (layout: docs/data.md)"
     )
+
+
+def unavailable(corpus: str | CorpusSpec | dict, split: str, root: str | Path | None = None) -> str | None:
+    """Why ``corpus`` cannot be read, found without reading it (None: it can be, as far as a cheap look
+    tells): a local file that does not exist, or a named corpus with the hub unreachable and no local copy.
+    Lets a run refuse a missing evaluation corpus before it calibrates, not after."""
+    spec = as_spec(corpus)
+    if spec.name.startswith("hf:"):
+        return None  # the hub or the datasets cache decides; nothing cheap to look at
+    named = NAMED.get(spec.name)
+    if named is None:
+        path = Path(spec.name).expanduser()
+        if not _is_file_name(spec.name) or path.is_file():
+            return None  # an unknown name is reported when it is loaded, with the known corpora
+        return f"corpus file {path} does not exist; give an existing file or a named corpus"
+    name = canonical_split(spec.split or split)
+    hub = hub_status()
+    if hub.reachable and name in named.hub_splits:
+        return None
+    local_split = "validation" if name == "test" and "test" not in named.local else name
+    if _local_copy(named, local_split, data_root(root)):
+        return None
+    return _not_available(named, name, local_split, data_root(root), hub.describe())
 
 
 def _local_texts(named: NamedCorpus, spec: CorpusSpec, path: Path) -> list[str]:

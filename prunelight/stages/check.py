@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prunelight.data.corpora import NAMED, CorpusSpec, canonical_split
-from prunelight.errors import ConfigError
+from prunelight.data.corpora import NAMED, CorpusSpec, as_spec, canonical_split, unavailable
+from prunelight.errors import ConfigError, DataError
 from prunelight.io import check_creatable
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ def check_stage(
     sparsity: SparsitySettings | None = None,
     finetune_data: Any = None,
 ) -> None:
-    """Every check of a stage's settings that the model's config allows, in one place; cheap (no weights)."""
+    """Every check of a stage's settings that the model's config allows, in one place; cheap (no weights).
+    The settings first, then whether the data can be found (so a typo is named before a missing file)."""
     check_creatable(trainer.default_root_dir, "results_root (or run_dir)")
     for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
         if data is not None:
@@ -40,8 +41,26 @@ def check_stage(
     if evaluation is not None:
         check_splits(evaluation.corpora, evaluation.split, "evaluation")
     config = getattr(module, "config", None)
-    if config is None:
-        return
+    if config is not None:
+        check_against_config(module, config, datamodule, ranking, evaluation, sparsity, finetune_data)
+    for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
+        if data is not None:
+            check_datamodule_available(data, key)
+    if evaluation is not None:
+        corpora = [(f"corpora[{i}]", c) for i, c in enumerate(evaluation.corpora)]
+        check_available(corpora, evaluation.split, "evaluation")
+
+
+def check_against_config(
+    module: Any,
+    config: Any,
+    datamodule: Any,
+    ranking: RankingConfig | None,
+    evaluation: EvaluationSettings | None,
+    sparsity: SparsitySettings | None,
+    finetune_data: Any,
+) -> None:
+    """Lengths against the context, layer settings against the layer count, sparse shapes."""
     name = getattr(getattr(module, "spec", None), "path", "the model")
     context = getattr(config, "max_position_embeddings", None)
     for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
@@ -96,11 +115,33 @@ def check_datamodule_splits(data: Any, key: str) -> None:
             check_splits([data.spec], getattr(data, split_key), key, split_key)
 
 
-def check_splits(
-    corpora: list[str | CorpusSpec] | list[CorpusSpec], split: str, key: str, split_key: str = "split"
-) -> None:
-    from prunelight.data.corpora import as_spec
+def check_available(corpora: list[Any], split: str, key: str, root: str | None = None) -> None:
+    """Each corpus can be found without reading it (a local file that exists; with the hub unreachable, a
+    local copy of a named corpus), so a missing evaluation corpus stops the run before the calibration,
+    not after it. ``corpora``: ``(key, corpus)`` pairs."""
+    for where, corpus in corpora:
+        why = unavailable(corpus, split, root)
+        if why is not None:
+            raise DataError(f"{key}.{where}: {why}")
 
+
+def check_datamodule_available(data: Any, key: str) -> None:
+    root = getattr(data, "data_root", None)
+    if hasattr(data, "specs") and hasattr(data, "split"):
+        check_available([(f"corpora[{i}]", s) for i, s in enumerate(data.specs)], data.split, key, root)
+    elif hasattr(data, "spec") and hasattr(data, "train_split"):
+        for split_key in ("train_split", "val_split"):
+            check_available([("corpus", data.spec)], getattr(data, split_key), key, root)
+
+
+def check_splits(
+    corpora: list[str | CorpusSpec] | list[CorpusSpec],
+    split: str,
+    key: str,
+    split_key: str = "split",
+    root: str | None = None,
+) -> None:
+    """Each corpus's split is a split name, and one the corpus has."""
     for index, corpus in enumerate(corpora):
         spec = as_spec(corpus)
         where = f"{key}.corpora[{index}].split" if spec.split else f"{key}.{split_key}"
