@@ -120,7 +120,7 @@ def cell_args(experiment: Experiment, cell: dict[str, Any], folder: Path, first:
 
 def run_experiment(experiment: Experiment) -> dict[str, Any]:
     """Run the unfinished cells, then write the table; return the table."""
-    from prunelight.cli import cli  # the CLI imports this module's command table
+    from prunelight.cli import cli, one_line_error  # the CLI imports this module's command table
 
     folder = experiment.folder
     cells = experiment.cells()
@@ -138,8 +138,9 @@ def run_experiment(experiment: Experiment) -> dict[str, Any]:
         try:
             cli(cell_args(experiment, cell, cell_dir, first=index == 0))
         except Exception as err:  # one bad cell must not cost the others
-            failures.append(f"{name}: {err}")
-            print(f"[{index + 1}/{len(cells)}] {name}: failed: {err}", flush=True)
+            why = one_line_error(err) or f"{type(err).__name__}: {' '.join(str(err).split())}"
+            failures.append(f"{name}: {why}")
+            print(f"[{index + 1}/{len(cells)}] {name}: failed: {why}", flush=True)
         else:
             print(
                 f"[{index + 1}/{len(cells)}] {name}: done in {time.perf_counter() - start:.0f} s", flush=True

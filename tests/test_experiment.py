@@ -124,3 +124,21 @@ def test_a_missing_base_config_is_one_clear_line(tmp_path, capsys):
         main(["experiment", "--config", str(grid)])
     assert exit_.value.code == 2
     assert "base_config nowhere.yaml does not exist" in capsys.readouterr().err
+
+
+def test_a_failing_cell_is_one_line_and_the_others_run(tiny_llama, tmp_path, capsys):
+    """A cell whose value the parser refuses fails with the one line the command line prints for it (not
+    jsonargparse's multi-line report); the other cells still run."""
+    config = _grid(tmp_path, tiny_llama)
+    grid = yaml.safe_load(config.read_text())
+    grid["grid"] = {"ranking.ratio": [0.2], "importance.criterion": ["wanda", "wandaa"]}
+    config.write_text(yaml.safe_dump(grid, sort_keys=False))
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "--config", str(config)])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    failed = [line for line in out.splitlines() if ": failed: " in line]
+    assert len(failed) == 1 and "importance.criterion" in failed[0] and "wandaa" in failed[0], out
+    assert "ratio=0.2__criterion=wanda: done" in out
+    last = err.strip().splitlines()[-1]  # before it: the good cell's loading bars
+    assert last.startswith("prunelight: error: 1 of 2 cells failed") and "is not one of" in last
