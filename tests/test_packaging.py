@@ -98,3 +98,15 @@ def test_every_module_imports():
     assert "prunelight.stages.prune" in modules and "prunelight.callbacks.importance" in modules
     for name in modules:
         importlib.import_module(name)
+
+
+def test_a_source_tree_without_install_imports_the_callbacks():
+    """``PYTHONPATH=<repository>`` without an install (the benchmarks on a GPU machine): the repository's
+    callbacks/ folder is ``prunelight.callbacks`` there too (setup.cfg maps it only in an install)."""
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in "
+        "getattr(f, '__name__', type(f).__name__)]; import prunelight.callbacks.mask as m; print(m.__file__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Path(done.stdout.strip()) == ROOT / "callbacks" / "mask.py"
