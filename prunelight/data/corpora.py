@@ -134,6 +134,10 @@ class NamedCorpus:
     squad_layout: bool = False
     """Records are SQuAD question/paragraph records, turned into text by ``CorpusSpec.format``."""
 
+    def local_split(self, split: str) -> str:
+        """The local split serving ``split``: ``test`` is the validation file where no test file exists."""
+        return "validation" if split == "test" and "test" not in self.local else split
+
 
 NAMED: dict[str, NamedCorpus] = {
     c.name: c
@@ -246,7 +250,7 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
     elif not named.squad_layout and spec.format:
         raise ConfigError(f"format is a SQuAD setting, but corpus {spec.name!r} is not squad")
     hub_split = named.hub_splits.get(split)
-    local_split = "validation" if split == "test" and "test" not in named.local else split
+    local_split = named.local_split(split)
     if hub_split is None and local_split not in named.local:
         raise DataError(
             f"corpus {named.name!r} has no {split!r} split (it has: {', '.join(named.hub_splits)})"
@@ -306,7 +310,7 @@ def unavailable(corpus: str | CorpusSpec | dict, split: str, root: str | Path | 
     hub = hub_status()
     if hub.reachable and name in named.hub_splits:
         return None
-    local_split = "validation" if name == "test" and "test" not in named.local else name
+    local_split = named.local_split(name)
     if _local_copy(named, local_split, data_root(root)):
         return None
     return _not_available(named, name, local_split, data_root(root), hub.describe())

@@ -152,7 +152,7 @@ def check_splits(
         named = NAMED.get(spec.name)
         if named is None:
             continue
-        local = "validation" if name == "test" and "test" not in named.local else name
+        local = named.local_split(name)
         if name not in named.hub_splits and local not in named.local:
             has = sorted(set(named.hub_splits) | set(named.local))
             raise ConfigError(
