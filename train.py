@@ -4,7 +4,7 @@ Subcommands: fit, validate, test, predict (Lightning's), evaluate. ``--print_con
 configuration; ``prunelight`` (the console script) is the same program.
 """
 
-from prunelight.cli import main
+from prunelight.main import main
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.module import window_losses
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet, calibration_windows
+from prunelight.loops import calibrate
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models import adapter_for, load
 from prunelight.ranking import RankingConfig, rank
@@ -124,7 +125,7 @@ def prunelight_calibration(
     device = torch.device(args.device)
     _sync(device)
     start = time.perf_counter()
-    result = trainer.calibrate(module, data, callback or ImportanceCallback(criterion))
+    result = calibrate(trainer, module, data, callback or ImportanceCallback(criterion))
     _sync(device)
     seconds = time.perf_counter() - start
     return seconds, result

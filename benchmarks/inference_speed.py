@@ -27,6 +27,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
 from prunelight.importance.inputs import PROJECTIONS
+from prunelight.loops import calibrate
 from prunelight.models import adapter_for
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.patterns import nm_mask
@@ -50,7 +51,7 @@ def magnitude_table(model):
         enable_model_summary=False,
         default_root_dir=tempfile.gettempdir(),
     )
-    return trainer.calibrate(module, data, ImportanceCallback("magnitude")).table
+    return calibrate(trainer, module, data, ImportanceCallback("magnitude")).table
 
 
 @torch.no_grad()

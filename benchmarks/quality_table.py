@@ -24,6 +24,7 @@ from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import evaluation_windows
 from prunelight.errors import ConfigError
 from prunelight.evaluate.perplexity import Perplexity
+from prunelight.loops import calibrate
 from prunelight.models import load
 from prunelight.ranking import RankingConfig, rank
 from prunelight.trainer import PrunelightTrainer
@@ -92,7 +93,7 @@ def main() -> None:
         trainer = PrunelightTrainer(accelerator="cpu", devices=1, logger=False, enable_model_summary=False,
                                     enable_progress_bar=False)  # fmt: skip
         start = time.perf_counter()
-        calibrated = trainer.calibrate(module, data, ImportanceCallback(criterion))
+        calibrated = calibrate(trainer, module, data, ImportanceCallback(criterion))
         calib_seconds = time.perf_counter() - start
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         for ratio in (float(r) for r in args.ratios.split(",")):

@@ -34,6 +34,7 @@ from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
+from prunelight.loops import calibrate
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, unsharded_copy
 from prunelight.ranking import RankingConfig, rank
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
-    calibrated = trainer.calibrate(module, data, ImportanceCallback(criterion, gradient_statistics=False))
+    calibrated = calibrate(trainer, module, data, ImportanceCallback(criterion, gradient_statistics=False))
     _sync(device)
     seconds["calibration"] = time.perf_counter() - start
     memory = peak_memory(device)

@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
-from prunelight.cli import main as prunelight_main
 from prunelight.experiment import cell_name, expand
+from prunelight.main import main as prunelight_main
 
 STUDY = "configs/study_sparse_patterns.yaml"
 CORPUS = "wikitext2"

@@ -8,9 +8,7 @@ written into a staging folder renamed when the run completes (:mod:`prunelight.r
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
 import warnings
 from argparse import ArgumentError
 from dataclasses import dataclass
@@ -25,7 +23,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from prunelight.errors import PrunelightError, raised_message_in
 from prunelight.run_folder import RunFolder
-from prunelight.signals import Stopped, stop_on_signals
 from prunelight.trainer import PrunelightTrainer
 
 
@@ -155,39 +152,6 @@ def cli(args: Any = None, run: bool = True) -> PrunelightCLI:
         args=args,
         run=run,
     )
-
-
-def main(args: Any = None) -> None:
-    """Entry point of ``prunelight`` and ``python train.py``: user errors print one line and exit 2.
-
-    ``report``, ``compare`` and ``experiment`` work on finished runs and grids of runs, not on a model and
-    a trainer, so they are plain jsonargparse commands (:mod:`prunelight.tools`) dispatched before
-    LightningCLI; every other subcommand is LightningCLI's. SIGINT and SIGTERM stop the run, remove what it
-    had written and exit 130 / 143 (:mod:`prunelight.signals`).
-    """
-    from prunelight.tools import TOOLS, run_tool
-
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        with stop_on_signals():
-            if argv and argv[0] in TOOLS:
-                run_tool(argv[0], argv[1:])
-            else:
-                cli(argv)
-    except Stopped as stop:
-        written = f"; nothing was written to {stop.folder}" if stop.folder is not None else ""
-        print(f"prunelight: stopped by {stop.name}{written}", file=sys.stderr)
-        if args is None:  # the program itself: skip the interpreter's shutdown (seconds with torch loaded)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(stop.exit_code)
-        sys.exit(stop.exit_code)
-    except Exception as err:
-        message = one_line_error(err)
-        if message is None:
-            raise
-        print(f"prunelight: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def one_line_error(err: BaseException) -> str | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelight.cli import cli, one_line_error
 from prunelight.errors import ConfigError, PrunelightError
 from prunelight.io import write_json
 
@@ -120,8 +121,6 @@ def cell_args(experiment: Experiment, cell: dict[str, Any], folder: Path, first:
 
 def run_experiment(experiment: Experiment) -> dict[str, Any]:
     """Run the unfinished cells, then write the table; return the table."""
-    from prunelight.cli import cli, one_line_error  # the CLI imports this module's command table
-
     folder = experiment.folder
     cells = experiment.cells()
     failures = []

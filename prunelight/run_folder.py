@@ -196,3 +196,41 @@ def _newest(folder: Path) -> Path:
         return last
     checkpoints = sorted(folder.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     return checkpoints[-1] if checkpoints else folder
+
+
+class removed_on_failure:
+    """Delete what the block created of ``folder`` and its parents, if the block raises.
+
+    On the command line ``folder`` is a fresh staging folder that :class:`RunFolder` removes itself; this is
+    for the Python API, where a stage writes into whatever ``default_root_dir`` the caller gave.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder = self.folder = folder.absolute()
+        self.created: Path | None = None
+        while not folder.exists():
+            self.created, folder = folder, folder.parent
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool:
+        if kind is not None and self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+        return False
+
+
+FINISHED_MARKS = ("summary.md", "analysis/recovery.json")
+"""``summary.md`` (written last) says a folder holds a finished run; a pipeline's ``recovery.json`` puts its
+table on top of any later ``summary.md``."""
+
+
+class rewritten(removed_on_failure):
+    """A stage writing into ``folder`` from the Python API: an earlier run's finished marks go first, so a
+    rerun into the same ``default_root_dir`` that fails half-way never leaves an old summary over new files.
+    (The command line never reuses a folder: each run has its own staging folder.)"""
+
+    def __enter__(self) -> None:
+        if self.created is None:
+            for name in FINISHED_MARKS:
+                (self.folder / name).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ handlers that raise
 :class:`Stopped`, a ``BaseException`` that is no ``KeyboardInterrupt``: Lightning runs its teardown for it
 and re-raises it; Lightning keeps a SIGTERM handler that is already installed and calls it after its own
 (``_SignalConnector.register_signal_handlers``), which stops DDP children. The exception unwinds through
-:class:`prunelight.run_folder.RunFolder`, which removes the unfinished run, to :func:`prunelight.cli.main`,
+:class:`prunelight.run_folder.RunFolder`, which removes the unfinished run, to :func:`prunelight.main.main`,
 which prints one line and exits ``128 + signal``. A second signal while that cleanup runs exits at once.
 """
 

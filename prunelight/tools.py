@@ -1,7 +1,7 @@
 """The subcommands that work on finished runs rather than on a model: ``report``, ``compare``, ``experiment``.
 
 They are jsonargparse parsers (``--config``, ``--print_config`` and ``--key value`` work as for every other
-subcommand), dispatched by :func:`prunelight.cli.main` before LightningCLI, which would otherwise insist on
+subcommand), dispatched by :func:`prunelight.main.main` before LightningCLI, which would otherwise insist on
 a model and a trainer.
 """
 

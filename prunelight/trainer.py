@@ -1,28 +1,36 @@
-"""The Lightning Trainer with prunelight's stages as methods; each method is one CLI subcommand."""
+"""The Lightning Trainer with prunelight's stages as methods; each method is one CLI subcommand.
+
+A method only gathers its arguments (the YAML sections LightningCLI fills) into the stage's typed settings
+and calls one stage function of :mod:`prunelight.stages`; the stages stand on :mod:`prunelight.loops`, never
+on this class."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from prunelight.callbacks.evaluation_report import EvaluationReport
-from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
-from prunelight.importance import Calibrated
-from prunelight.models.sharding import is_fully_sharded, refuse_sharding
+from prunelight.models.sharding import is_fully_sharded
 from prunelight.ranking import RankingConfig
-from prunelight.stages.check import check_stage
-from prunelight.stages.finetune import RecoverySettings
-from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
+from prunelight.stages.evaluation import run_evaluate
+from prunelight.stages.finetune import run_finetune
+from prunelight.stages.pipeline import run_pipeline
+from prunelight.stages.prune import run_prune
+from prunelight.stages.settings import (
+    EvaluationSettings,
+    FinetuneSettings,
+    ImportanceSettings,
+    PipelineSettings,
+    PruneSettings,
+    RecoverySettings,
+    SparsitySettings,
+)
 
 
 class PrunelightTrainer(L.Trainer):
@@ -55,73 +63,8 @@ class PrunelightTrainer(L.Trainer):
     ) -> dict[str, Any]:
         """Perplexity on every corpus of the datamodule, written to analysis/perplexity.json and TensorBoard;
         with ``zero_shot``, lm-eval's tasks on the same in-memory model (``analysis/zeroshot_model.json``).
-
-        Runs ``test`` with an :class:`EvaluationReport` attached. If the evaluation fails, a run folder it
-        created is removed again, so a failed run leaves no half-written results behind.
-        """
-        from prunelight.evaluate.zeroshot import check_tasks, write_zero_shot
-        from prunelight.evaluate.zeroshot import zero_shot as run_zero_shot
-
-        if zero_shot is not None:
-            refuse_sharding(self.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
-            check_tasks(zero_shot)  # an unknown task or missing data fails before the model loads
-        check_stage(self, model, datamodule)
-        report = next((c for c in self.callbacks if isinstance(c, EvaluationReport)), None)
-        with _removed_on_failure(Path(self.default_root_dir)):
-            result = self.measure_perplexity(model, datamodule, report or EvaluationReport())
-            if zero_shot is not None and self.is_global_zero:
-                result["zero_shot"] = run_zero_shot(model.model, model.tokenizer, zero_shot)
-                write_zero_shot(Path(self.default_root_dir), result["zero_shot"], "model")
-            return result
-
-    def measure_perplexity(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule | None, report: EvaluationReport
-    ) -> dict[str, Any]:
-        """``test`` a perplexity module with ``report`` attached for this run; return what it wrote."""
-        with self._attached(report), kept_on_device(model):
-            self.test(model, datamodule=datamodule, verbose=False)
-        return report.report or {}
-
-    def calibrate(
-        self,
-        model: L.LightningModule,
-        datamodule: L.LightningDataModule,
-        importance: ImportanceCallback | None = None,
-    ) -> Calibrated:
-        """Run the calibration windows through ``model`` with ``importance`` attached; return its scores.
-
-        The test loop does the work (no optimiser, no DDP gradient sync; each rank sees its shard of the
-        batches); inference mode is switched off for it so that gradient criteria can run backward.
-        """
-        attached = [c for c in self.callbacks if isinstance(c, ImportanceCallback)]
-        importance = importance or (attached[0] if attached else ImportanceCallback())
-        self.run_calibration(model, datamodule, importance)
-        assert importance.result is not None
-        return importance.result
-
-    def run_calibration(
-        self, model: L.LightningModule, datamodule: L.LightningDataModule, callback: L.Callback
-    ) -> None:
-        """The calibration windows through ``model`` with ``callback`` attached: it decides what runs
-        (forward only or backward too) and what is kept. Inference mode is off so gradients can flow."""
-        inference_mode, self.test_loop.inference_mode = self.test_loop.inference_mode, False
-        try:
-            with self._attached(callback), kept_on_device(model):
-                self.test(model, datamodule=datamodule, verbose=False)
-        finally:
-            self.test_loop.inference_mode = inference_mode
-
-    @contextmanager
-    def _attached(self, callback: L.Callback) -> Iterator[None]:
-        """``callback`` among the trainer's callbacks for the block only (unless it was there already)."""
-        added = callback not in self.callbacks
-        if added:
-            self.callbacks.append(callback)
-        try:
-            yield
-        finally:
-            if added:
-                self.callbacks.remove(callback)
+        A failed evaluation removes the run folder it created."""
+        return run_evaluate(self, model, datamodule, zero_shot)
 
     def prune(
         self,
@@ -135,7 +78,7 @@ class PrunelightTrainer(L.Trainer):
         diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
         sparsity: SparsitySettings | None = None,
     ) -> dict[str, Any]:
-        """Calibrate, rank, remove, evaluate and save (DESIGN: Data flow), into ``default_root_dir``.
+        """Calibrate, rank, remove, evaluate and save (docs/design.md: Data flow), into ``default_root_dir``.
 
         Args:
             model: a :class:`~prunelight.calibration.CalibrationModule`.
@@ -149,34 +92,12 @@ class PrunelightTrainer(L.Trainer):
             sparsity: zero weights in a sparse pattern (unstructured, N:M, blocks, or the hybrid) instead of
                 removing structures; None prunes structures.
         """
-        from prunelight.stages.prune import run_prune
-        from prunelight.stages.sparse import run_sparse
-
-        check_stage(self, model, datamodule, ranking, evaluation, sparsity)
-        with _rewritten(Path(self.default_root_dir)):
-            if sparsity is not None:
-                return run_sparse(
-                    self,
-                    model,
-                    datamodule,
-                    importance,
-                    ranking,
-                    sparsity,
-                    compensation,
-                    evaluation,
-                    save_model,
-                )
-            return run_prune(
-                self,
-                model,
-                datamodule,
-                importance,
-                ranking,
-                compensation,
-                evaluation,
-                save_model,
-                diagnosis,
-            )
+        return run_prune(
+            self,
+            model,
+            datamodule,
+            PruneSettings(importance, ranking, compensation, evaluation, save_model, diagnosis, sparsity),
+        )
 
     def finetune(
         self,
@@ -196,14 +117,7 @@ class PrunelightTrainer(L.Trainer):
             recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
             evaluation: perplexity (and zero-shot) before and after; None skips it.
         """
-        from prunelight.stages.finetune import run_finetune, write_finetune_summary
-
-        check_stage(self, model, datamodule, evaluation=evaluation)
-        with _rewritten(Path(self.default_root_dir)):
-            report = run_finetune(self, model, datamodule, recovery, evaluation, ckpt_path)
-            if self.is_global_zero:
-                write_finetune_summary(Path(self.default_root_dir), report)
-            return report
+        return run_finetune(self, model, datamodule, FinetuneSettings(recovery, evaluation, ckpt_path))
 
     def pipeline(
         self,
@@ -229,78 +143,6 @@ class PrunelightTrainer(L.Trainer):
         on the pruned model in memory; ``trainer`` settings (``max_steps``, ``accumulate_grad_batches``,
         ``precision``, ``val_check_interval``) apply to it.
         """
-        from prunelight.stages.pipeline import run_pipeline
-
-        check_stage(self, model, datamodule, ranking, evaluation, sparsity, finetune_data)
-        with _rewritten(Path(self.default_root_dir)):
-            return run_pipeline(
-                self,
-                model,
-                datamodule,
-                {
-                    "importance": importance,
-                    "ranking": ranking,
-                    "compensation": compensation,
-                    "sparsity": sparsity,
-                    "evaluation": evaluation,
-                    "diagnosis": diagnosis,
-                },
-                lora,
-                training,
-                recovery,
-                finetune_data,
-            )
-
-
-@contextmanager
-def kept_on_device(module: L.LightningModule) -> Iterator[None]:
-    """Keep ``module`` on its device when the run ends.
-
-    Lightning's strategy teardown moves the module to the CPU after every ``test``; prunelight runs several
-    stages on one in-memory model (calibrate, evaluate, apply, evaluate again), and for a 7B model each
-    round trip over PCIe costs seconds (measured: it made calibration 3.5x slower than a bare loop on an
-    H100). The instance attribute shadows ``cpu()`` only while the block runs.
-    """
-    module.cpu = lambda: module  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del module.cpu
-
-
-class _removed_on_failure:
-    """Delete what the block created of ``folder`` and its parents, if the block raises.
-
-    On the command line ``folder`` is a fresh staging folder that :mod:`prunelight.run_folder` removes
-    itself; this is for the Python API, where ``default_root_dir`` is whatever the caller gave.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        folder = self.folder = folder.absolute()
-        self.created: Path | None = None
-        while not folder.exists():
-            self.created, folder = folder, folder.parent
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, value, traceback) -> bool:
-        if kind is not None and self.created is not None:
-            shutil.rmtree(self.created, ignore_errors=True)
-        return False
-
-
-FINISHED_MARKS = ("summary.md", "analysis/recovery.json")
-"""``summary.md`` (written last) says a folder holds a finished run; a pipeline's ``recovery.json`` puts its
-table on top of any later ``summary.md``."""
-
-
-class _rewritten(_removed_on_failure):
-    """A stage writing into ``folder`` from the Python API: an earlier run's finished marks go first, so a
-    rerun into the same ``default_root_dir`` that fails half-way never leaves an old summary over new files.
-    (The command line never reuses a folder: each run has its own staging folder.)"""
-
-    def __enter__(self) -> None:
-        if self.created is None:
-            for name in FINISHED_MARKS:
-                (self.folder / name).unlink(missing_ok=True)
+        prune = PruneSettings(importance, ranking, compensation, evaluation, True, diagnosis, sparsity)
+        settings = PipelineSettings(prune, lora, training, recovery, finetune_data)
+        return run_pipeline(self, model, datamodule, settings)

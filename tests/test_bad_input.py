@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import SHARED_DATA, build_tiny
 
-from prunelight.cli import main
 from prunelight.errors import ModelError
+from prunelight.main import main
 from prunelight.tools import TOOLS
 
 WIKI_VALID = str(SHARED_DATA / "wikitext2" / "wiki.valid.raw")

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from prunelight.cli import SUBCOMMANDS, main
+from prunelight.cli import SUBCOMMANDS
+from prunelight.main import main
 
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("study_"))
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from prunelight.cli import main
 from prunelight.experiment import Experiment, cell_args, cell_name
+from prunelight.main import main
 
 STUDIES = sorted((ROOT / "configs").glob("study_*.yaml"))
 

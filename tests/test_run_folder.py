@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, tiny_prune_args
 
-from prunelight.cli import main
 from prunelight.errors import ConfigError
+from prunelight.main import main
 from prunelight.run_folder import RunFolder
 from prunelight.signals import Stopped
 
@@ -95,19 +95,17 @@ def test_overwrite_replaces_the_run_once_the_new_one_completed(tiny_llama, earli
 
 def _late_config_error(monkeypatch, calls: list[Path]) -> None:
     """The rank step fails with a ConfigError, after calibration ran into the staging folder."""
-    from prunelight.trainer import PrunelightTrainer
+    from prunelight.loops import calibrate
 
-    calibrate = PrunelightTrainer.calibrate
-
-    def recorded(self, *args, **kwargs):
-        result = calibrate(self, *args, **kwargs)
-        calls.append(Path(self.default_root_dir))
+    def recorded(trainer, *args, **kwargs):
+        result = calibrate(trainer, *args, **kwargs)
+        calls.append(Path(trainer.default_root_dir))
         return result
 
     def fail(*args, **kwargs):
         raise ConfigError("a setting only the ranking can check")
 
-    monkeypatch.setattr(PrunelightTrainer, "calibrate", recorded)
+    monkeypatch.setattr("prunelight.stages.prune.calibrate", recorded)
     monkeypatch.setattr("prunelight.stages.prune.rank", fail)
 
 

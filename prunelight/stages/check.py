@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from prunelight.data.corpora import NAMED, CorpusSpec, as_spec, canonical_split, unavailable
 from prunelight.errors import ConfigError, DataError
 from prunelight.io import check_creatable
+from prunelight.ranking import RankingConfig
 
 if TYPE_CHECKING:
-    from prunelight.ranking import RankingConfig
     from prunelight.stages.settings import EvaluationSettings, SparsitySettings
 
 LENGTHS = ("seqlen", "block_size", "max_length")
@@ -40,6 +40,8 @@ def check_stage(
             check_datamodule_splits(data, key)
     if evaluation is not None:
         check_splits(evaluation.corpora, evaluation.split, "evaluation")
+    if sparsity is not None and ranking is not None:
+        check_sparse_ratio(ranking, sparsity)
     config = getattr(module, "config", None)
     if config is not None:
         check_against_config(module, config, datamodule, ranking, evaluation, sparsity, finetune_data)
@@ -74,6 +76,23 @@ def check_against_config(
         check_layers(ranking, layers, name)
     if sparsity is not None and ranking is not None:
         check_sparse(module, sparsity, ranking)
+
+
+def check_sparse_ratio(ranking: RankingConfig, sparsity: SparsitySettings) -> None:
+    """A sparse run's target is ``sparsity.sparsity``; a ``ranking.ratio`` it would ignore is refused.
+
+    The ranking section of a sparse run supplies only the per-layer limits (and, for ``hybrid``, the
+    corrections of its structured tier, whose size is ``structures_share``). ``ratio`` is compared with its
+    default because that is all a settings object can tell: the default itself is indistinguishable from
+    "not given".
+    """
+    default = RankingConfig.ratio
+    if ranking.ratio != default:
+        raise ConfigError(
+            f"ranking.ratio={ranking.ratio} is not used by a sparse run (a sparsity section): its target is "
+            "sparsity.sparsity (hybrid: structures_share of it goes as structures); remove ranking.ratio "
+            "or the sparsity section"
+        )
 
 
 def check_length(length: int, context: int | None, key: str, name: str) -> None:

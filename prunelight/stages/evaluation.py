@@ -8,21 +8,59 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.evaluation_report import EvaluationReport
 from prunelight.data.datamodule import PerplexityDataModule
+from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
+from prunelight.evaluate.zeroshot import ZeroShotSettings, check_tasks, write_zero_shot, zero_shot
+from prunelight.loops import measure_perplexity
+from prunelight.models.sharding import refuse_sharding
+from prunelight.run_folder import removed_on_failure
+from prunelight.stages.check import check_stage
 from prunelight.stages.settings import EvaluationSettings
 
-if TYPE_CHECKING:
-    from prunelight.trainer import PrunelightTrainer
+
+def run_evaluate(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule | None,
+    settings: ZeroShotSettings | None = None,
+) -> dict[str, Any]:
+    """The ``evaluate`` subcommand: perplexity on every corpus of the datamodule (analysis/perplexity.json
+    and TensorBoard); with zero-shot ``settings``, lm-eval's tasks on the same in-memory model
+    (``analysis/zeroshot_model.json``).
+
+    If the evaluation fails, a run folder it created is removed again, so a failed run leaves no
+    half-written results behind.
+    """
+    if settings is not None:
+        refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
+        check_tasks(settings)  # an unknown task or missing data fails before the model loads
+    check_stage(trainer, module, datamodule)
+    report = next((c for c in trainer.callbacks if isinstance(c, EvaluationReport)), None)
+    with removed_on_failure(Path(trainer.default_root_dir)):
+        result = measure_perplexity(trainer, module, datamodule, report or EvaluationReport())
+        if settings is not None and trainer.is_global_zero:
+            result["zero_shot"] = zero_shot(module.model, module.tokenizer, settings)
+            write_zero_shot(Path(trainer.default_root_dir), result["zero_shot"], "model")
+        return result
+
+
+def evaluate_calibrated(
+    trainer: L.Trainer, module: CalibrationModule, settings: EvaluationSettings, which: str
+) -> dict[str, Any]:
+    """Perplexity (and zero-shot, if set) of ``module``'s model as it is now (``analysis/*_<which>.json``)."""
+    return evaluate_model(trainer, module.model, module.tokenizer, module.spec.name, settings, which)
 
 
 def evaluate_model(
-    trainer: PrunelightTrainer,
+    trainer: L.Trainer,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     name: str,
@@ -38,33 +76,36 @@ def evaluate_model(
 
 
 def evaluate_module(
-    trainer: PrunelightTrainer, evaluator: PerplexityModule, settings: EvaluationSettings, which: str
+    trainer: L.Trainer, evaluator: PerplexityModule, settings: EvaluationSettings, which: str
 ) -> dict[str, Any]:
     """:func:`evaluate_model` for a module that may load its model itself (from a folder, shard by shard
     under FSDP2)."""
     data = PerplexityDataModule(
         settings.corpora, settings.split, settings.seqlen, settings.batch_size, settings.max_windows
     )
-    trainer.measure_perplexity(evaluator, data, EvaluationReport(f"analysis/perplexity_{which}.json"))
+    measure_perplexity(trainer, evaluator, data, EvaluationReport(f"analysis/perplexity_{which}.json"))
     perplexity = {corpus: r["perplexity"] for corpus, r in evaluator.results["test"].items()}
-    zero_shot = None
+    accuracies = None
     if settings.zero_shot is not None and trainer.is_global_zero:
-        from prunelight.evaluate.zeroshot import write_zero_shot
-        from prunelight.evaluate.zeroshot import zero_shot as run_zero_shot
-
-        zero_shot = run_zero_shot(evaluator.model, evaluator.tokenizer, settings.zero_shot)
-        write_zero_shot(Path(trainer.default_root_dir), zero_shot, which)
-    return {"perplexity": perplexity, "zero_shot": zero_shot}
+        accuracies = zero_shot(evaluator.model, evaluator.tokenizer, settings.zero_shot)
+        write_zero_shot(Path(trainer.default_root_dir), accuracies, which)
+    return {"perplexity": perplexity, "zero_shot": accuracies}
 
 
 def check_zero_shot(settings: EvaluationSettings | None) -> None:
     """Fail on a bad zero-shot setting (unknown task, missing local data) before any model work starts."""
     if settings is not None and settings.zero_shot is not None:
-        from prunelight.evaluate.zeroshot import check_tasks
-
         check_tasks(settings.zero_shot)
 
 
 def part_of(measured: dict[str, Any] | None, key: str) -> Any:
     """``measured[key]`` of an :func:`evaluate_model` result, None when that evaluation was skipped."""
     return measured[key] if measured else None
+
+
+def check_modules(module: object, datamodule: object) -> None:
+    """The prune and pipeline stages calibrate: they need the calibration module and data."""
+    if not isinstance(module, CalibrationModule):
+        raise ConfigError("prune needs a CalibrationModule as model (the default of the prune subcommand)")
+    if not isinstance(datamodule, CalibrationDataModule):
+        raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")

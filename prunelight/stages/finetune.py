@@ -10,63 +10,52 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from prunelight.callbacks.mask import MaskCallback
-from prunelight.callbacks.overfitting import MonitorSettings, OverfittingMonitor
+from prunelight.callbacks.overfitting import OverfittingMonitor
 from prunelight.errors import ConfigError
 from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
+from prunelight.loops import attached, kept_on_device
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import refuse_sharding
+from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
+from prunelight.stages.check import check_stage
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
 from prunelight.stages.recovery_report import finetune_summary
-from prunelight.stages.settings import EvaluationSettings
-
-if TYPE_CHECKING:
-    from prunelight.trainer import PrunelightTrainer
+from prunelight.stages.settings import EvaluationSettings, FinetuneSettings, RecoverySettings
 
 SPARSE_ZERO_SHARE = 0.05
 """``keep_sparsity: null`` keeps the zeros of a model whose projections are at least this share exact zeros
 (a dense checkpoint has essentially none; a sparse-pruned one has its target sparsity)."""
 
 
-@dataclass
-class RecoverySettings:
-    """What the ``finetune`` stage does around Lightning's ``fit``.
-
-    Attributes:
-        monitor: thresholds of the overfitting monitor (warns; ``analysis/overfitting.json``).
-        early_stopping_patience: stop when ``val/loss`` did not improve for this many validations (None: off).
-        keep_sparsity: re-apply the zeros of a sparse model after every step and after the merge
-            (:class:`~callbacks.mask.MaskCallback`); None decides from the weights (at least 5% exact zeros).
-        save_adapter: write the LoRA adapter (``adapter/``).
-        save_merged: write the merged model (``finetuned_model/``).
-    """
-
-    monitor: MonitorSettings = field(default_factory=MonitorSettings)
-    early_stopping_patience: int | None = None
-    keep_sparsity: bool | None = None
-    save_adapter: bool = True
-    save_merged: bool = True
-
-    def __post_init__(self) -> None:
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ConfigError(
-                "early_stopping_patience must be at least 1 (or null for off), got "
-                f"{self.early_stopping_patience}"
-            )
-
-
 def run_finetune(
-    trainer: PrunelightTrainer,
+    trainer: L.Trainer,
+    module: FinetuneModule,
+    datamodule: L.LightningDataModule | None,
+    settings: FinetuneSettings,
+) -> dict[str, Any]:
+    """The ``finetune`` subcommand: check everything, fine-tune into ``default_root_dir``, then summary.md."""
+    check_stage(trainer, module, datamodule, evaluation=settings.evaluation)
+    with rewritten(Path(trainer.default_root_dir)):
+        report = finetune_model(
+            trainer, module, datamodule, settings.recovery, settings.evaluation, settings.ckpt_path
+        )
+        if trainer.is_global_zero:
+            write_finetune_summary(Path(trainer.default_root_dir), report)
+        return report
+
+
+def finetune_model(
+    trainer: L.Trainer,
     module: FinetuneModule,
     datamodule: L.LightningDataModule | None,
     recovery: RecoverySettings,
@@ -106,8 +95,8 @@ def run_finetune(
     start = time.perf_counter()
     with ExitStack() as stack:
         for callback in callbacks:
-            stack.enter_context(trainer._attached(callback))
-        stack.enter_context(_kept(module))
+            stack.enter_context(attached(trainer, callback))
+        stack.enter_context(kept_on_device(module))
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     memory = peak_memory(device)
@@ -168,9 +157,3 @@ def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | 
         return None
     masks = MaskCallback.from_zeros(model)
     return None if keep is None and masks.sparsity() < SPARSE_ZERO_SHARE else masks
-
-
-def _kept(module: L.LightningModule) -> Any:
-    from prunelight.trainer import kept_on_device
-
-    return kept_on_device(module)

@@ -8,8 +8,9 @@ last with their table on top.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 
@@ -17,32 +18,37 @@ from prunelight.data.datamodule import prepare_with
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.errors import ConfigError
 from prunelight.finetune.data import InstructionDataModule, LanguageModelingDataModule
-from prunelight.finetune.lora import LoraSettings, target_modules
-from prunelight.finetune.module import FinetuneModule, TrainingSettings
+from prunelight.finetune.lora import target_modules
+from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.models.sharding import refuse_sharding
-from prunelight.stages.finetune import RecoverySettings, run_finetune
-from prunelight.stages.prune import check_modules
+from prunelight.run_folder import rewritten
+from prunelight.stages.check import check_stage
+from prunelight.stages.evaluation import check_modules
+from prunelight.stages.finetune import finetune_model
+from prunelight.stages.prune import prune_model
 from prunelight.stages.recovery_report import RECOVERY_FILE
-
-if TYPE_CHECKING:
-    from prunelight.trainer import PrunelightTrainer
+from prunelight.stages.settings import PipelineSettings
 
 
 def run_pipeline(
-    trainer: PrunelightTrainer,
-    module: Any,
-    datamodule: Any,
-    prune: dict[str, Any],
-    lora: LoraSettings,
-    training: TrainingSettings,
-    recovery: RecoverySettings,
-    finetune_data: L.LightningDataModule | None,
+    trainer: L.Trainer, module: Any, datamodule: Any, settings: PipelineSettings
 ) -> dict[str, Any]:
-    """Run the three stages; return ``analysis/recovery.json``'s content."""
+    """The ``pipeline`` subcommand: check everything, then :func:`prune_model` and :func:`finetune_model`
+    on the same in-memory model, into ``default_root_dir``; return ``analysis/recovery.json``'s content."""
+    prune = settings.prune
+    check_stage(
+        trainer, module, datamodule, prune.ranking, prune.evaluation, prune.sparsity, settings.finetune_data
+    )
+    with rewritten(Path(trainer.default_root_dir)):
+        return _pipeline(trainer, module, datamodule, settings)
+
+
+def _pipeline(trainer: L.Trainer, module: Any, datamodule: Any, settings: PipelineSettings) -> dict[str, Any]:
     check_modules(module, datamodule)
     refuse_sharding(trainer.strategy, "the pipeline (its LoRA fine-tuning)")
-    finetune_data = finetune_data or LanguageModelingDataModule()
+    lora, training = settings.lora, settings.training
+    finetune_data = settings.finetune_data or LanguageModelingDataModule()
     if not isinstance(finetune_data, (LanguageModelingDataModule, InstructionDataModule)):
         raise ConfigError(
             "finetune_data must be a LanguageModelingDataModule or an InstructionDataModule, got "
@@ -52,16 +58,22 @@ def run_pipeline(
     prepare_with(finetune_data, module.tokenizer)  # and so does missing fine-tuning data
     run_dir = Path(trainer.default_root_dir)
 
-    pruned = trainer.prune(module, datamodule, save_model=True, **prune)
-    evaluation = prune["evaluation"]
+    pruned = prune_model(trainer, module, datamodule, dataclasses.replace(settings.prune, save_model=True))
+    evaluation = settings.prune.evaluation
     tuner = FinetuneModule.from_model(module.model, module.tokenizer, module.spec.name, lora, training)
     before = (
         {"perplexity": pruned["perplexity"]["pruned"], "zero_shot": pruned["zero_shot"]["pruned"]}
         if evaluation is not None
         else None
     )
-    tuned = run_finetune(
-        trainer, tuner, finetune_data, recovery, evaluation, before=before, labels=("pruned", "recovered")
+    tuned = finetune_model(
+        trainer,
+        tuner,
+        finetune_data,
+        settings.recovery,
+        evaluation,
+        before=before,
+        labels=("pruned", "recovered"),
     )
     params = pruned["parameters"]
     rows = [

@@ -10,45 +10,68 @@ import gc
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
 import torch
 
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
-from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
+from prunelight.loops import calibrate
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
-from prunelight.ranking import RankingConfig, rank
+from prunelight.ranking import rank
+from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
-from prunelight.stages.evaluation import check_zero_shot, evaluate_model, evaluate_module, part_of
+from prunelight.stages.check import check_stage
+from prunelight.stages.evaluation import (
+    check_modules,
+    check_zero_shot,
+    evaluate_calibrated,
+    evaluate_module,
+    part_of,
+)
 from prunelight.stages.report import layer_report
-from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
-
-if TYPE_CHECKING:  # the trainer imports this module lazily, in PrunelightTrainer.prune
-    from prunelight.trainer import PrunelightTrainer
+from prunelight.stages.settings import PruneSettings
+from prunelight.stages.sparse import prune_sparse
 
 
 def run_prune(
-    trainer: PrunelightTrainer,
+    trainer: L.Trainer,
     module: CalibrationModule,
-    datamodule: CalibrationDataModule,
-    importance: ImportanceSettings,
-    ranking: RankingConfig,
-    compensation: bool,
-    evaluation: EvaluationSettings | None,
-    save_model: bool,
-    diagnosis: DiagnosisSettings,
+    datamodule: CalibrationDataModule | None,
+    settings: PruneSettings,
 ) -> dict[str, Any]:
-    """Run the whole stage; return what ``summary.md`` reports."""
+    """The ``prune`` subcommand: check everything, then :func:`prune_model` into ``default_root_dir``."""
+    check_stage(trainer, module, datamodule, settings.ranking, settings.evaluation, settings.sparsity)
+    with rewritten(Path(trainer.default_root_dir)):
+        return prune_model(trainer, module, datamodule, settings)
+
+
+def prune_model(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: Any, settings: PruneSettings
+) -> dict[str, Any]:
+    """Prune ``module``'s model in memory (structures, or a sparse pattern when ``settings.sparsity`` is set)
+    and write the run's files; return what ``summary.md`` reports. The pipeline calls this directly."""
     check_modules(module, datamodule)
+    if settings.sparsity is not None:
+        return prune_sparse(trainer, module, datamodule, settings)
+    return prune_structures(trainer, module, datamodule, settings)
+
+
+def prune_structures(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: CalibrationDataModule, settings: PruneSettings
+) -> dict[str, Any]:
+    """Calibrate -> rank -> remove -> evaluate -> save; return what ``summary.md`` reports."""
+    importance, ranking, compensation = settings.importance, settings.ranking, settings.compensation
+    evaluation, diagnosis = settings.evaluation, settings.diagnosis
     if not criterion_info(importance.criterion).structured:
         raise ConfigError(
             f"criterion {importance.criterion!r} prunes single weights, not structures; add a sparsity "
@@ -69,7 +92,7 @@ def run_prune(
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
-    calibrated = trainer.calibrate(module, datamodule, callback)
+    calibrated = calibrate(trainer, module, datamodule, callback)
     calibration = {
         **datamodule.describe(),
         "criterion": importance.criterion,
@@ -80,7 +103,9 @@ def run_prune(
         **peak_memory(device),
     }
     dense_params = sum(p.numel() for p in module.model.parameters())
-    dense = evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
+    dense = None
+    if evaluation is not None and evaluation.dense:
+        dense = evaluate_calibrated(trainer, module, evaluation, "dense")
 
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
@@ -100,7 +125,7 @@ def run_prune(
             evaluator = PerplexityModule(path=str(staged), dtype=module.spec.dtype)
             pruned = evaluate_module(trainer, evaluator, evaluation, "pruned")
         else:
-            pruned = evaluate(trainer, module, evaluation, "pruned") if evaluation else None
+            pruned = evaluate_calibrated(trainer, module, evaluation, "pruned") if evaluation else None
     except BaseException:
         _remove_staged(trainer, staged)
         raise
@@ -133,9 +158,9 @@ def run_prune(
             importance.criterion, calibrated.table, result, calibrated.gradients, calibrated.mean_loss
         )
         write_json(analysis / "gradient_statistics.json", statistics)
-        if save_model and staged.is_dir():
+        if settings.save_model and staged.is_dir():
             staged.rename(run_dir / "pruned_model")
-        elif save_model:
+        elif settings.save_model:
             start = time.perf_counter()
             assert model is not None
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
@@ -148,7 +173,7 @@ def run_prune(
 
 
 def _save(
-    trainer: PrunelightTrainer, model: Any, module: CalibrationModule, folder: Path, seconds: dict[str, float]
+    trainer: L.Trainer, model: Any, module: CalibrationModule, folder: Path, seconds: dict[str, float]
 ) -> None:
     """Rank 0 writes the pruned model (the only rank that holds it whole) while the others wait; a failure
     there fails every rank (the others would otherwise wait for it until the process group times out).
@@ -167,23 +192,9 @@ def _save(
         raise RuntimeError(f"rank 0 could not write the pruned model to {folder}: {error}")
 
 
-def _remove_staged(trainer: PrunelightTrainer, staged: Path) -> None:
+def _remove_staged(trainer: L.Trainer, staged: Path) -> None:
     if trainer.is_global_zero and staged.exists():
         shutil.rmtree(staged, ignore_errors=True)
-
-
-def check_modules(module: object, datamodule: object) -> None:
-    if not isinstance(module, CalibrationModule):
-        raise ConfigError("prune needs a CalibrationModule as model (the default of the prune subcommand)")
-    if not isinstance(datamodule, CalibrationDataModule):
-        raise ConfigError("prune needs a CalibrationDataModule as data (the default of the prune subcommand)")
-
-
-def evaluate(
-    trainer: PrunelightTrainer, module: CalibrationModule, settings: EvaluationSettings, which: str
-) -> dict[str, Any]:
-    """Perplexity (and zero-shot, if set) of ``module``'s model as it is now (``analysis/*_<which>.json``)."""
-    return evaluate_model(trainer, module.model, module.tokenizer, module.spec.name, settings, which)
 
 
 def _unsharded(module: CalibrationModule, keep: bool, seconds: dict[str, float]) -> Any:

@@ -1,14 +1,26 @@
-"""The settings of the ``prune`` stage that are not a model or a datamodule, as YAML-friendly dataclasses."""
+"""The settings of every stage that are not a model or a datamodule, as YAML-friendly dataclasses.
+
+The sections (``importance``, ``ranking``, ``sparsity``, ``evaluation``, ``recovery`` ...) are what the YAML
+files hold; :class:`PruneSettings`, :class:`FinetuneSettings` and :class:`PipelineSettings` bundle them into
+the one typed argument a stage function takes, so that the trainer's subcommand methods only build them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+import lightning as L
+
+from prunelight.callbacks.overfitting import MonitorSettings
 from prunelight.data.corpora import CorpusSpec
+from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
+from prunelight.finetune.lora import LoraSettings
+from prunelight.finetune.module import TrainingSettings
 from prunelight.importance.criteria import Criterion
+from prunelight.ranking import RankingConfig
 
 
 @dataclass
@@ -199,3 +211,88 @@ class SparsitySettings:
                 "sparsegpt reconstructs each layer from the outputs of the already pruned layers before it; "
                 "set sparsity.calibration: sequential"
             )
+
+
+@dataclass
+class RecoverySettings:
+    """What the ``finetune`` stage does around Lightning's ``fit``.
+
+    Attributes:
+        monitor: thresholds of the overfitting monitor (warns; ``analysis/overfitting.json``).
+        early_stopping_patience: stop when ``val/loss`` did not improve for this many validations (None: off).
+        keep_sparsity: re-apply the zeros of a sparse model after every step and after the merge
+            (:class:`~callbacks.mask.MaskCallback`); None decides from the weights (at least 5% exact zeros).
+        save_adapter: write the LoRA adapter (``adapter/``).
+        save_merged: write the merged model (``finetuned_model/``).
+    """
+
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    early_stopping_patience: int | None = None
+    keep_sparsity: bool | None = None
+    save_adapter: bool = True
+    save_merged: bool = True
+
+    def __post_init__(self) -> None:
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(
+                "early_stopping_patience must be at least 1 (or null for off), got "
+                f"{self.early_stopping_patience}"
+            )
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """Everything the ``prune`` stage takes besides its model and calibration data.
+
+    Attributes:
+        importance: criterion and its options.
+        ranking: target ratio, corrections (temperature, tau) and constraints; for a sparse run, the
+            per-layer limits only.
+        compensation: fold the calibration mean of removed o/down inputs into their bias (FLAP).
+        evaluation: perplexity (and zero-shot) before and after; None skips it.
+        save_model: write ``pruned_model/``.
+        diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
+        sparsity: zero weights in a sparse pattern instead of removing structures; None prunes structures.
+    """
+
+    importance: ImportanceSettings = field(default_factory=ImportanceSettings)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
+    compensation: bool = False
+    evaluation: EvaluationSettings | None = field(default_factory=EvaluationSettings)
+    save_model: bool = True
+    diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
+    sparsity: SparsitySettings | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything the ``finetune`` stage takes besides its module and training data.
+
+    Attributes:
+        recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
+        evaluation: perplexity (and zero-shot) before and after; None skips it.
+        ckpt_path: a Lightning checkpoint of an earlier run of the same settings to resume from.
+    """
+
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    evaluation: EvaluationSettings | None = field(default_factory=EvaluationSettings)
+    ckpt_path: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The ``pipeline``: the prune settings, then the fine-tuning's (its LoRA, optimiser and data).
+
+    Attributes:
+        prune: the prune stage's settings (its ``evaluation`` measures all three rows).
+        lora: rank, alpha, dropout and targets of the adapters.
+        training: optimiser, schedule and gradient checkpointing.
+        recovery: what the fine-tuning does around Lightning's ``fit``.
+        finetune_data: the fine-tuning data (None: WikiText-2 train).
+    """
+
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    finetune_data: L.LightningDataModule | None = None

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
 import torch
 
 from prunelight.apply import LayerInputMeans, apply_plan
@@ -29,8 +30,10 @@ from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.sparse_report import write_sparse_report
+from prunelight.errors import ConfigError
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json
+from prunelight.loops import calibrate, run_calibration
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig, rank
@@ -43,28 +46,18 @@ from prunelight.ranking.sparsity import (
     projection_counts,
 )
 from prunelight.save import save_pruned
-from prunelight.stages.evaluation import check_zero_shot, part_of
-from prunelight.stages.prune import check_modules, evaluate
+from prunelight.stages.evaluation import check_zero_shot, evaluate_calibrated, part_of
 from prunelight.stages.report import layer_report
-from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
-
-if TYPE_CHECKING:
-    from prunelight.trainer import PrunelightTrainer
+from prunelight.stages.settings import PruneSettings, SparsitySettings
 
 
-def run_sparse(
-    trainer: PrunelightTrainer,
-    module: CalibrationModule,
-    datamodule: CalibrationDataModule,
-    importance: ImportanceSettings,
-    ranking: RankingConfig,
-    sparsity: SparsitySettings,
-    compensation: bool,
-    evaluation: EvaluationSettings | None,
-    save_model: bool,
+def prune_sparse(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: CalibrationDataModule, settings: PruneSettings
 ) -> dict[str, Any]:
     """Run the whole sparse stage; return what ``summary.md`` reports."""
-    check_modules(module, datamodule)
+    importance, ranking, sparsity = settings.importance, settings.ranking, settings.sparsity
+    compensation, evaluation = settings.compensation, settings.evaluation
+    assert sparsity is not None
     refuse_sharding(trainer.strategy, "sparse pruning (a sparsity section)")
     sparsity.check()
     criterion = importance.criterion
@@ -82,7 +75,9 @@ def run_sparse(
     adapter = module.adapter
     dense_sizes = projection_sizes(model, adapter)
     dense_params = sum(p.numel() for p in model.parameters())
-    dense = evaluate(trainer, module, evaluation, "dense") if evaluation and evaluation.dense else None
+    dense = None
+    if evaluation is not None and evaluation.dense:
+        dense = evaluate_calibrated(trainer, module, evaluation, "dense")
     target = sparsity.target
     structured = None
     calibration: dict[str, Any] = {"criterion": criterion, "passes": []}
@@ -90,7 +85,7 @@ def run_sparse(
     start = time.perf_counter()
     if sparsity.pattern == "hybrid" and sparsity.structures_share > 0:
         callback = ImportanceCallback(criterion, gradient_statistics=False, input_means=compensation)
-        calibrated = trainer.calibrate(module, datamodule, callback)
+        calibrated = calibrate(trainer, module, datamodule, callback)
         calibration["passes"].append("structured tier (one pass)")
         tier = dataclasses.replace(ranking, ratio=sparsity.structures_share * target, ratio_of="prunable")
         structured = rank(calibrated.table, tier)
@@ -142,7 +137,7 @@ def run_sparse(
             prune(index, adapter.modules(layer), one_pass[index])
     else:
         capture = CaptureCallback(sparsity.offload_inputs)
-        trainer.run_calibration(module, datamodule, capture)
+        run_calibration(trainer, module, datamodule, capture)
         calibration["passes"].append("layer inputs (sequential)")
         assert capture.result is not None
         prune_sequentially(
@@ -199,7 +194,7 @@ def run_sparse(
             },
         )
         write_json(analysis / "calibration.json", calibration)
-        if save_model:
+        if settings.save_model:
             start = time.perf_counter()
             save_pruned(model, module.tokenizer, run_dir / "pruned_model")
             seconds["save"] = time.perf_counter() - start
@@ -209,7 +204,7 @@ def run_sparse(
 
         report["semi_structured_layers"] = to_semi_structured(model, adapter)
     if evaluation:
-        pruned = evaluate(trainer, module, evaluation, "pruned")
+        pruned = evaluate_calibrated(trainer, module, evaluation, "pruned")
         report["perplexity"]["pruned"] = pruned["perplexity"]
         report["zero_shot"]["pruned"] = pruned["zero_shot"]
     if trainer.is_global_zero:
@@ -269,10 +264,10 @@ def _loaded(module: CalibrationModule, device: torch.device) -> torch.nn.Module:
 
 
 def _one_pass(
-    trainer: PrunelightTrainer, module: CalibrationModule, datamodule: CalibrationDataModule, hessian: bool
+    trainer: L.Trainer, module: CalibrationModule, datamodule: CalibrationDataModule, hessian: bool
 ) -> list[LayerInputs]:
     callback = LayerInputsCallback(hessian)
-    trainer.run_calibration(module, datamodule, callback)
+    run_calibration(trainer, module, datamodule, callback)
     assert callback.result is not None
     return callback.result
 
@@ -289,9 +284,7 @@ def _layer_scores(
     ]
 
 
-def _check_semi_structured(sparsity: SparsitySettings, trainer: PrunelightTrainer) -> None:
-    from prunelight.errors import ConfigError
-
+def _check_semi_structured(sparsity: SparsitySettings, trainer: L.Trainer) -> None:
     if sparsity.pattern != "nm" or (sparsity.n, sparsity.m) != (2, 4):
         raise ConfigError("semi_structured converts 2:4 layers only; set pattern: nm, n: 2, m: 4")
     if trainer.strategy.root_device.type != "cuda":

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
+from prunelight.loops import calibrate
 from prunelight.trainer import PrunelightTrainer
 
 WIKI_VALID = {"name": "wikitext2", "split": "validation"}
@@ -22,7 +23,7 @@ def _calibrate(folder, criterion: str, aggregation: str = "batch", **options):
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     callback = ImportanceCallback(criterion, aggregation=aggregation, **options)
-    return trainer.calibrate(module, data, callback), module, data
+    return calibrate(trainer, module, data, callback), module, data
 
 
 @pytest.mark.parametrize("aggregation", ["batch", "sample"])

@@ -11,9 +11,9 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 
 import prunelight
-from prunelight.cli import main
 from prunelight.errors import ConfigError
 from prunelight.finetune import FinetuneModule, LoraSettings, TrainingSettings
+from prunelight.main import main
 from prunelight.models.adapters import adapter_for
 from prunelight.trainer import PrunelightTrainer
 

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 import prunelight
-from prunelight.cli import main
+from prunelight.main import main
 
 WIKI_VALID = "[{name: wikitext2, split: validation}]"
 

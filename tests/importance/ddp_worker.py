@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from prunelight import loops
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.models.sharding import FullyShardedStrategy, is_sharded, unsharded_copy
@@ -28,7 +29,7 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str | FullySh
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    result = trainer.calibrate(module, data, ImportanceCallback(criterion, input_means=True))
+    result = loops.calibrate(trainer, module, data, ImportanceCallback(criterion, input_means=True))
     sharded = is_sharded(module.model)
     whole = unsharded_copy(module.model) if sharded else module.model  # a collective: every rank
     with torch.no_grad():

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from prunelight import loops
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.errors import ConfigError
@@ -29,7 +30,7 @@ def _trainer(**kwargs) -> PrunelightTrainer:
 def calibrate(folder, criterion: str, batch_size: int = 2, nsamples: int = 4, **options):
     module = CalibrationModule(path=str(folder), dtype="float32")
     data = CalibrationDataModule([WIKI_VALID], nsamples=nsamples, seqlen=32, batch_size=batch_size)
-    result = _trainer().calibrate(module, data, ImportanceCallback(criterion, **options))
+    result = loops.calibrate(_trainer(), module, data, ImportanceCallback(criterion, **options))
     return result, module, data
 
 
@@ -185,7 +186,7 @@ def test_gradients_are_freed_as_they_arrive(tiny_llama):
         def on_test_batch_end(self, trainer, pl_module, *args):
             held.append(sum(p.grad is not None for p in pl_module.model.parameters()))
 
-    _trainer(callbacks=[Probe()]).calibrate(module, data, ImportanceCallback("taylor"))
+    loops.calibrate(_trainer(callbacks=[Probe()]), module, data, ImportanceCallback("taylor"))
     assert held == [0, 0, 0, 0]
     # the probe is not vacuous: without the importance hooks, backward leaves gradients behind
     model = module.model

@@ -14,6 +14,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.importance import kernels
 from prunelight.importance.criteria import ROW_PROJECTIONS, taylor_group_scores
+from prunelight.loops import calibrate
 from prunelight.trainer import PrunelightTrainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on the CPU
@@ -91,7 +92,7 @@ def test_calibration_with_kernels_equals_the_torch_path(tiny_llama, monkeypatch)
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        return trainer.calibrate(module, data, ImportanceCallback("taylor2"))
+        return calibrate(trainer, module, data, ImportanceCallback("taylor2"))
 
     monkeypatch.setenv("PRUNELIGHT_KERNELS", "torch")
     plain = run()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from prunelight.cli import main
+from prunelight.main import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

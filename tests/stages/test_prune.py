@@ -11,7 +11,7 @@ from conftest import launch_ddp, tiny_prune_args
 from safetensors.torch import load_file
 
 import prunelight
-from prunelight.cli import main
+from prunelight.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

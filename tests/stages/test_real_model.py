@@ -12,6 +12,7 @@ import prunelight
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
+from prunelight.loops import calibrate
 from prunelight.ranking import RankingConfig, rank
 from prunelight.trainer import PrunelightTrainer
 
@@ -21,7 +22,7 @@ def test_smollm2_pruned_equals_masked_dense_and_reloads(smollm2, tmp_path):
     module = CalibrationModule(path=str(smollm2), dtype="float32")
     data = CalibrationDataModule([{"name": "wikitext2", "split": "validation"}], nsamples=4, seqlen=64)
     trainer = PrunelightTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    calibrated = trainer.calibrate(module, data, ImportanceCallback("wanda"))
+    calibrated = calibrate(trainer, module, data, ImportanceCallback("wanda"))
     plan = rank(calibrated.table, RankingConfig(ratio=0.2, temperature=1.0, tau=None, max_rate=0.8)).plan
     dense = module.model
     masked = copy.deepcopy(dense)

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.mask import MaskCallback
-from prunelight.cli import main
 from prunelight.errors import ConfigError
 from prunelight.importance.inputs import PROJECTIONS
+from prunelight.main import main
 from prunelight.stages.settings import ImportanceSettings, SparsitySettings
 from prunelight.trainer import PrunelightTrainer
 
