@@ -16,6 +16,7 @@ from prunelight.callbacks.mask import MaskCallback
 from prunelight.errors import ConfigError
 from prunelight.importance.inputs import PROJECTIONS
 from prunelight.main import main
+from prunelight.ranking import RankingConfig
 from prunelight.stages.settings import ImportanceSettings, SparsitySettings
 from prunelight.trainer import PrunelightTrainer
 
@@ -325,3 +326,19 @@ def test_two_four_check_sees_every_group():
     weight[0, 4] = 1.0  # the second group now has 3 non-zeros
     assert not is_two_four(weight)
     assert not is_two_four(torch.ones(2, 6))  # inputs not a multiple of 4
+
+
+def test_a_ranking_ratio_a_sparse_run_would_ignore_is_refused_before_the_model_loads(tiny_llama, tmp_path):
+    module = CalibrationModule(str(tiny_llama), dtype="float32")
+    data = CalibrationDataModule(WIKI_VALID, nsamples=4, seqlen=32, batch_size=2, split="validation")
+    trainer = PrunelightTrainer(accelerator="cpu", logger=False, default_root_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"ranking.ratio=0.3 is not used by a sparse run"):
+        trainer.prune(
+            module,
+            data,
+            importance=ImportanceSettings("wanda"),
+            ranking=RankingConfig(ratio=0.3),
+            sparsity=SparsitySettings("unstructured", 0.5),
+            evaluation=None,
+        )
+    assert module.model is None and not (tmp_path / "run").exists()
