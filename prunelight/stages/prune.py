@@ -18,6 +18,7 @@ from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
+from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
@@ -29,7 +30,6 @@ from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_co
 from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, evaluate_module, part_of
-from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings
 
 if TYPE_CHECKING:  # the trainer imports this module lazily, in PrunelightTrainer.prune

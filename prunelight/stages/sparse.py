@@ -28,6 +28,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
+from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json
@@ -45,7 +46,6 @@ from prunelight.ranking.sparsity import (
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, part_of
 from prunelight.stages.prune import check_modules, evaluate
-from prunelight.stages.report import layer_report
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings, SparsitySettings
 
 if TYPE_CHECKING:
