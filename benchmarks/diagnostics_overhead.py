@@ -74,10 +74,10 @@ def time_report(calibrated: Calibrated, criterion: str, args, seconds: float, pa
     """Seconds of ``write_diagnostics`` on a run folder built as the prune stage builds it."""
     from prunelight.diagnostics.diagnosis import DiagnosisSettings
     from prunelight.diagnostics.layers import layer_report
-    from prunelight.diagnostics.report import write_diagnostics
     from prunelight.diagnostics.statistics import gradient_statistics
     from prunelight.io import write_json
     from prunelight.ranking import RankingConfig, rank
+    from prunelight.reports import write_diagnostics
     from prunelight.stages.settings import ImportanceSettings
 
     ranking = RankingConfig(ratio=0.2)

@@ -25,9 +25,9 @@ from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import refuse_sharding
+from prunelight.reports.recovery import finetune_summary
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
-from prunelight.stages.recovery_report import finetune_summary
 from prunelight.stages.settings import EvaluationSettings
 
 if TYPE_CHECKING:

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 
 from prunelight.data.datamodule import prepare_with
-from prunelight.diagnostics.report import write_diagnostics
 from prunelight.errors import ConfigError
 from prunelight.finetune.data import InstructionDataModule, LanguageModelingDataModule
 from prunelight.finetune.lora import LoraSettings, target_modules
 from prunelight.finetune.module import FinetuneModule, TrainingSettings
 from prunelight.io import write_json
 from prunelight.models.sharding import refuse_sharding
+from prunelight.reports import write_diagnostics
+from prunelight.reports.recovery import RECOVERY_FILE
 from prunelight.stages.finetune import RecoverySettings, run_finetune
 from prunelight.stages.prune import check_modules
-from prunelight.stages.recovery_report import RECOVERY_FILE
 
 if TYPE_CHECKING:
     from prunelight.trainer import PrunelightTrainer

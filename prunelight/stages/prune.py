@@ -19,7 +19,6 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.diagnostics.layers import layer_report
-from prunelight.diagnostics.report import write_diagnostics
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
@@ -28,6 +27,7 @@ from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
 from prunelight.ranking import RankingConfig, rank
+from prunelight.reports import write_diagnostics
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, evaluate_module, part_of
 from prunelight.stages.settings import EvaluationSettings, ImportanceSettings

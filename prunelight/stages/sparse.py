@@ -29,7 +29,6 @@ from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.layers import layer_report
-from prunelight.diagnostics.sparse_report import write_sparse_report
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
@@ -43,6 +42,7 @@ from prunelight.ranking.sparsity import (
     owl_sparsities,
     projection_counts,
 )
+from prunelight.reports.sparse import write_sparse_report
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, part_of
 from prunelight.stages.prune import check_modules, evaluate

@@ -1,4 +1,9 @@
-"""What a prune run writes for people: ``summary.md``."""
+"""A prune run's ``summary.md``: parameters and perplexities dense vs pruned, the diagnosis, the settings,
+and the most and least pruned layers.
+
+Rendered from ``analysis/prune.json``, ``layer_report.json`` and ``gradient_diagnosis.json`` alone, so
+``prunelight report`` writes the same text again; :func:`zero_shot_lines` is shared with the sparse summary.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 from typing import Any
 
 from prunelight.diagnostics.layers import layer_rate
-from prunelight.stages.recovery_report import results_table, zero_shot_note
+from prunelight.reports.recovery import results_table, zero_shot_note
 
 
 def summary_markdown(
