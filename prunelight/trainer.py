@@ -196,7 +196,8 @@ class PrunelightTrainer(L.Trainer):
             recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
             evaluation: perplexity (and zero-shot) before and after; None skips it.
         """
-        from prunelight.stages.finetune import run_finetune, write_finetune_summary
+        from prunelight.reports.recovery import write_finetune_summary
+        from prunelight.stages.finetune import run_finetune
 
         check_stage(self, model, datamodule, evaluation=evaluation)
         with _rewritten(Path(self.default_root_dir)):

@@ -25,7 +25,6 @@ from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import refuse_sharding
-from prunelight.reports.recovery import finetune_summary
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
 from prunelight.stages.settings import EvaluationSettings
@@ -155,12 +154,6 @@ def run_finetune(
         write_json(analysis / "finetune.json", report)
     trainer.strategy.barrier()
     return report
-
-
-def write_finetune_summary(run_dir: Path, report: dict[str, Any]) -> Path:
-    summary = run_dir / "summary.md"
-    summary.write_text(finetune_summary(report))
-    return summary
 
 
 def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | None:
