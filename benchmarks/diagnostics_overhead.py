@@ -73,11 +73,11 @@ def identical(a: Calibrated, b: Calibrated) -> tuple[bool, float]:
 def time_report(calibrated: Calibrated, criterion: str, args, seconds: float, params: int) -> float:
     """Seconds of ``write_diagnostics`` on a run folder built as the prune stage builds it."""
     from prunelight.diagnostics.diagnosis import DiagnosisSettings
-    from prunelight.diagnostics.report import write_diagnostics
+    from prunelight.diagnostics.layers import layer_report
     from prunelight.diagnostics.statistics import gradient_statistics
     from prunelight.io import write_json
     from prunelight.ranking import RankingConfig, rank
-    from prunelight.stages.report import layer_report
+    from prunelight.reports import write_diagnostics
     from prunelight.stages.settings import ImportanceSettings
 
     ranking = RankingConfig(ratio=0.2)

@@ -244,7 +244,7 @@ def heatmap_values(
 
 
 def write_table(experiment: Experiment) -> dict[str, Any]:
-    from prunelight.diagnostics.plots import heatmap
+    from prunelight.reports.plots import heatmap
 
     table = collect(experiment)
     folder = experiment.folder

@@ -50,7 +50,7 @@ def _experiment_parser() -> ArgumentParser:
 
 
 def _report(config: Namespace) -> None:
-    from prunelight.diagnostics.report import rebuild
+    from prunelight.reports import rebuild
 
     for run in config.runs:
         for path in rebuild(Path(run)):
@@ -58,7 +58,7 @@ def _report(config: Namespace) -> None:
 
 
 def _compare(config: Namespace) -> None:
-    from prunelight.diagnostics.report import compare
+    from prunelight.reports import compare
 
     for path in compare([Path(r) for r in config.runs], Path(config.output)):
         print(path)

@@ -1,5 +1,7 @@
-"""Diagnostics (DESIGN: Diagnostics): gradient statistics, the diagnosis, plots, TensorBoard and reports.
+"""Diagnostics (DESIGN: Diagnostics): the analysis of a run, as JSON in its ``analysis/`` folder.
 
-Each module has one job; they meet in :mod:`prunelight.diagnostics.report`, which turns a run's
-``analysis/`` JSON into every file a person opens.
+Gradient statistics (:mod:`~prunelight.diagnostics.statistics`), the per-layer report
+(:mod:`~prunelight.diagnostics.layers`), the diagnosis (:mod:`~prunelight.diagnostics.diagnosis`) and the
+JSON Schemas they are validated against (:mod:`~prunelight.diagnostics.schema`). The files a person opens
+(summary, plots, TensorBoard) are rendered from that JSON by :mod:`prunelight.reports`.
 """

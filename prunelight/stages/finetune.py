@@ -25,11 +25,11 @@ from prunelight.io import write_json
 from prunelight.loops import attached, kept_on_device
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import refuse_sharding
+from prunelight.reports.recovery import write_finetune_summary
 from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
 from prunelight.stages.check import check_stage
 from prunelight.stages.evaluation import check_zero_shot, evaluate_model, part_of
-from prunelight.stages.recovery_report import finetune_summary
 from prunelight.stages.settings import EvaluationSettings, FinetuneSettings, RecoverySettings
 
 SPARSE_ZERO_SHARE = 0.05
@@ -144,12 +144,6 @@ def finetune_model(
         write_json(analysis / "finetune.json", report)
     trainer.strategy.barrier()
     return report
-
-
-def write_finetune_summary(run_dir: Path, report: dict[str, Any]) -> Path:
-    summary = run_dir / "summary.md"
-    summary.write_text(finetune_summary(report))
-    return summary
 
 
 def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | None:

@@ -15,19 +15,19 @@ from typing import Any
 import lightning as L
 
 from prunelight.data.datamodule import prepare_with
-from prunelight.diagnostics.report import write_diagnostics
 from prunelight.errors import ConfigError
 from prunelight.finetune.data import InstructionDataModule, LanguageModelingDataModule
 from prunelight.finetune.lora import target_modules
 from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.models.sharding import refuse_sharding
+from prunelight.reports import write_diagnostics
+from prunelight.reports.recovery import RECOVERY_FILE
 from prunelight.run_folder import rewritten
 from prunelight.stages.check import check_stage
 from prunelight.stages.evaluation import check_modules
 from prunelight.stages.finetune import finetune_model
 from prunelight.stages.prune import prune_model
-from prunelight.stages.recovery_report import RECOVERY_FILE
 from prunelight.stages.settings import PipelineSettings
 
 

@@ -18,7 +18,7 @@ import torch
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
-from prunelight.diagnostics.report import write_diagnostics
+from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
@@ -28,6 +28,7 @@ from prunelight.loops import calibrate
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
 from prunelight.ranking import rank
+from prunelight.reports import write_diagnostics
 from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
 from prunelight.stages.check import check_stage
@@ -38,7 +39,6 @@ from prunelight.stages.evaluation import (
     evaluate_module,
     part_of,
 )
-from prunelight.stages.report import layer_report
 from prunelight.stages.settings import PruneSettings
 from prunelight.stages.sparse import prune_sparse
 

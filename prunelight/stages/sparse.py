@@ -29,7 +29,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
-from prunelight.diagnostics.sparse_report import write_sparse_report
+from prunelight.diagnostics.layers import layer_report
 from prunelight.errors import ConfigError
 from prunelight.importance.inputs import PROJECTIONS, LayerInputs
 from prunelight.io import write_json
@@ -45,9 +45,9 @@ from prunelight.ranking.sparsity import (
     owl_sparsities,
     projection_counts,
 )
+from prunelight.reports.sparse import write_sparse_report
 from prunelight.save import save_pruned
 from prunelight.stages.evaluation import check_zero_shot, evaluate_calibrated, part_of
-from prunelight.stages.report import layer_report
 from prunelight.stages.settings import PruneSettings, SparsitySettings
 
 

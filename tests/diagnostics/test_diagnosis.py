@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from prunelight.diagnostics.diagnosis import DiagnosisSettings, diagnose
+from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.schema import validate
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.table import GroupTable
-from prunelight.stages.report import layer_report
 
 LAYERS = 12
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from prunelight.diagnostics.plots import SIZES
 from prunelight.diagnostics.schema import load
 from prunelight.main import main
+from prunelight.reports.plots import SIZES
 
 WIKI_VALID = "[{name: wikitext2, split: validation}]"
 FIGURES = ("gradient_analysis", "pruning_rates", "ranking_stages")

@@ -9,15 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prunelight.diagnostics import plots
 from prunelight.diagnostics.diagnosis import DiagnosisSettings, diagnose
+from prunelight.diagnostics.layers import layer_rate
 from prunelight.diagnostics.schema import load, validate
-from prunelight.diagnostics.sparse_report import write_sparse_report
-from prunelight.diagnostics.tensorboard import write_tensorboard
 from prunelight.errors import ConfigError
 from prunelight.io import check_creatable, write_json
-from prunelight.stages.recovery_report import recovery_section
-from prunelight.stages.report import layer_rate, summary_markdown
+from prunelight.reports import plots
+from prunelight.reports.recovery import recovery_section
+from prunelight.reports.sparse import write_sparse_report
+from prunelight.reports.summary import summary_markdown
+from prunelight.reports.tensorboard import write_tensorboard
 
 VISUALIZATION = "visualization"
 

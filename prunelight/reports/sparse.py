@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prunelight.diagnostics import plots
 from prunelight.diagnostics.schema import load
-from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, write_hparams
 from prunelight.importance.inputs import PROJECTIONS
-from prunelight.stages.recovery_report import recovery_section
-from prunelight.stages.report import zero_shot_lines
+from prunelight.reports import plots
+from prunelight.reports.recovery import recovery_section
+from prunelight.reports.summary import zero_shot_lines
+from prunelight.reports.tensorboard import FOLDER, fresh_writer, write_hparams
 
 
 def write_sparse_report(run_dir: Path) -> list[Path]:

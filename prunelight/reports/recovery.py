@@ -1,5 +1,9 @@
 """The tables a person reads after fine-tuning: parameters, perplexities and zero-shot accuracies side by
-side, one row per model state (before/after, or dense/pruned/recovered for the pipeline)."""
+side, one row per model state (before/after, or dense/pruned/recovered for the pipeline).
+
+A ``finetune`` run's ``summary.md`` is :func:`write_finetune_summary`; a pipeline's ``summary.md`` starts
+with :func:`recovery_section`, rendered from ``analysis/recovery.json`` so ``prunelight report`` keeps it.
+"""
 
 from __future__ import annotations
 
@@ -88,6 +92,13 @@ def finetune_summary(report: dict[str, Any]) -> str:
             *training_lines(report),
         ]
     )
+
+
+def write_finetune_summary(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Write a ``finetune`` run's ``summary.md`` from its report (what ``analysis/finetune.json`` holds)."""
+    summary = run_dir / "summary.md"
+    summary.write_text(finetune_summary(report))
+    return summary
 
 
 def training_lines(report: dict[str, Any]) -> list[str]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from prunelight.diagnostics import plots
-from prunelight.diagnostics.plots import SIZES
+from prunelight.reports import plots
+from prunelight.reports.plots import SIZES
 
 LAYERS = 12
 

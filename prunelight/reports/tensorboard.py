@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from prunelight.diagnostics.gradients import KINDS, STATISTICS
-from prunelight.stages.report import layer_rate
+from prunelight.diagnostics.layers import layer_rate
 
 FOLDER = Path("tb") / "diagnostics"
 STAGES = ("raw", "normalized", "block", "layer")
