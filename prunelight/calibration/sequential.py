@@ -1,4 +1,4 @@
-"""Layer-by-layer calibration (DESIGN: Sparse (mask) pruning), as the Wanda and SparseGPT papers run it.
+"""Layer-by-layer calibration (docs/design.md: Sparse (mask) pruning), as Wanda and SparseGPT run it.
 
 Layer ``l`` is scored on the outputs of layers ``0..l-1`` *after* they were pruned, so each layer's masks
 (and SparseGPT's reconstruction) account for the error of the layers before it. Only one layer's inputs

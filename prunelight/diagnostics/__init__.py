@@ -1,4 +1,4 @@
-"""Diagnostics (DESIGN: Diagnostics): the analysis of a run, as JSON in its ``analysis/`` folder.
+"""Diagnostics (docs/design.md: Diagnostics): the analysis of a run, as JSON in its ``analysis/`` folder.
 
 Gradient statistics (:mod:`~prunelight.diagnostics.statistics`), the per-layer report
 (:mod:`~prunelight.diagnostics.layers`), the diagnosis (:mod:`~prunelight.diagnostics.diagnosis`) and the

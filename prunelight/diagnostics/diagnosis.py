@@ -21,7 +21,7 @@ SCHEMA_ID = "prunelight/gradient_diagnosis/1"
 
 @dataclass
 class DiagnosisSettings:
-    """Thresholds of the diagnosis (DESIGN: Diagnostics).
+    """Thresholds of the diagnosis (docs/design.md: Diagnostics).
 
     Attributes:
         scale_spread: largest / smallest per-layer mean score (or gradient norm) above which the layers'

@@ -20,11 +20,8 @@ mean score; a zero or negative mean would flip or destroy the ranking. Constant 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Normalization = Literal["none", "minmax", "zscore", "log", "sqrt"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "minmax", "zscore", "log", "sqrt")
 EPS = 1e-6
 """Added after min-max scaling so that no layer's mean is 0."""

@@ -1,4 +1,4 @@
-"""Sparse patterns: element scores of one weight in, a keep mask out (DESIGN: Sparse (mask) pruning).
+"""Sparse patterns: element scores of one weight in, a keep mask out (docs/design.md: Sparse (mask) pruning).
 
 Every pattern is a pure function of a score tensor ``[out, in]`` (higher = more important) and returns a
 bool mask of the same shape, True where the weight stays. Ties are broken by position (a stable sort), so

@@ -1,6 +1,6 @@
 """The ranking stage: a :class:`GroupTable` and a :class:`RankingConfig` in, a :class:`PruningPlan` out.
 
-Pure tensor code (no model, no Lightning), in the order of DESIGN.md "Ranking and the two corrections":
+Pure tensor code (no model, no Lightning), in the order of docs/design.md "Ranking and its corrections":
 raw -> clip + normalise -> block correction (T) -> layer correction (tau) -> depth weight -> allocation.
 Every stage's per-layer statistics are kept in :attr:`RankingResult.stages` so a report can show why a
 layer lost what it lost.
@@ -279,7 +279,7 @@ def _layers_to_remove(table: GroupTable, config: RankingConfig, protected: froze
 
 
 def rank(table: GroupTable, config: RankingConfig) -> RankingResult:
-    """Rank the groups of ``table`` and decide what goes (see the module docstring and DESIGN.md)."""
+    """Rank the groups of ``table`` and decide what goes (see the module docstring and docs/design.md)."""
     config._check()
     _check_table(table, config)
     n_layers = table.num_layers

@@ -11,7 +11,7 @@ KINDS = ("attention", "mlp")
 
 @dataclass
 class GroupTable:
-    """Scores s[l, g] of the structured groups of every decoder layer (DESIGN: Prunable groups).
+    """Scores s[l, g] of the structured groups of every decoder layer (docs/design.md: Prunable groups).
 
     Attributes:
         attention: per layer, one non-negative score per attention group (key/value head and its query

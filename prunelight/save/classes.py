@@ -22,8 +22,7 @@ from functools import cache
 from typing import Any
 
 from huggingface_hub.errors import StrictDataclassError
-from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -151,11 +150,3 @@ def _stock_validates(config: Any, stock_config: type, changes: dict[str, int]) -
     except (ValueError, TypeError, StrictDataclassError):
         return False
     return True
-
-
-def is_pruned_config(config: PretrainedConfig) -> bool:
-    return str(getattr(config, "model_type", "")).startswith(PRUNED_MODEL_TYPE_PREFIX)
-
-
-def stock_model_class(model: nn.Module) -> type:
-    return classes_for(model.config.model_type)[1]

@@ -3,7 +3,9 @@
 Writes ``adapter/`` (peft's adapter files), ``finetuned_model/`` (the merged model; it loads with
 ``prunelight.load_pruned``), ``checkpoints/`` (Lightning's, for ``ckpt_path`` resume),
 ``analysis/finetune.json``, ``analysis/overfitting.json``, the evaluations of
-:mod:`prunelight.stages.evaluation`, TensorBoard curves under ``tb/`` and, last, ``summary.md``.
+:mod:`prunelight.stages.evaluation`, TensorBoard curves under ``tb/`` and, last, ``summary.md``
+(:func:`run_finetune`, through :mod:`prunelight.reports.recovery`). The pipeline calls :func:`finetune_model`
+alone and writes its own summary.
 """
 
 from __future__ import annotations
