@@ -4,7 +4,7 @@
         --seqlen 2048 --batch-size 1 --criteria taylor,wanda --rounds 2 --profile 4
 
 For each criterion, the same windows run through: the bare loop (``calibration_cost.bare_loop``), then
-``PrunelightTrainer.calibrate`` as the prune stage runs it (the default), with the fused Triton kernels
+``prunelight.loops.calibrate`` as the prune stage runs it (the default), with the fused Triton kernels
 off (``PRUNELIGHT_KERNELS=torch``: the plain torch hooks), without gradient statistics, and with the
 compensation means on. Each row gives seconds (best of ``--rounds``), the ratio to the bare loop, and
 how many groups its 20% global plan decides differently from the default's first run, with the largest

@@ -110,7 +110,7 @@ def bare_loop(model, windows: WindowSet, batch_size: int, backward: bool) -> flo
 def prunelight_calibration(
     model, tokenizer, windows: WindowSet, args, criterion: str, callback: ImportanceCallback | None = None
 ) -> tuple[float, Any]:
-    """Seconds and result of one ``PrunelightTrainer.calibrate`` (``callback`` overrides the criterion's)."""
+    """Seconds and result of one ``prunelight.loops.calibrate`` (``callback`` overrides the criterion's)."""
     module = CalibrationModule.from_model(model, tokenizer, "bench")
     data = CalibrationDataModule(nsamples=len(windows), seqlen=windows.seqlen, batch_size=args.batch_size)
     data.windows = windows

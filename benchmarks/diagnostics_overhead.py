@@ -54,7 +54,7 @@ def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object]:
 
 
 def calibrate(model, tokenizer, windows: WindowSet, args, criterion: str, stats: bool) -> tuple[float, Any]:
-    """Seconds and result of one ``PrunelightTrainer.calibrate`` with the statistics on or off."""
+    """Seconds and result of one ``prunelight.loops.calibrate`` with the statistics on or off."""
     callback = ImportanceCallback(criterion, gradient_statistics=stats)
     return prunelight_calibration(model, tokenizer, windows, args, criterion, callback)
 

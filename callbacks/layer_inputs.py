@@ -1,6 +1,6 @@
 """Calibration callbacks of sparse pruning: input statistics of every layer at once, or captured layer inputs.
 
-Both run in the trainer's test loop (:meth:`PrunelightTrainer.run_calibration`), so device placement, the
+Both run in the trainer's test loop (:func:`prunelight.loops.run_calibration`), so device placement, the
 progress bar and DDP sharding of the windows are Lightning's, exactly as for the structured criteria.
 """
 

@@ -43,9 +43,9 @@ class CalibrationModule(CausalLMModule):
         if torch.is_inference_mode_enabled():
             raise ConfigError(
                 f"criterion {self.criterion!r} needs gradients, but calibration runs in inference mode; "
-                "run it through PrunelightTrainer.prune/calibrate (they switch inference mode off), or build "
-                "the Trainer with inference_mode=False, or pick a forward criterion (wanda, magnitude, "
-                "fluctuation)"
+                "run it through PrunelightTrainer.prune or prunelight.loops.calibrate (they switch inference "
+                "mode off), or build the Trainer with inference_mode=False, or pick a forward criterion "
+                "(wanda, magnitude, fluctuation)"
             )
         chunks = [slice(i, i + 1) for i in range(len(input_ids))] if self.per_sample else [slice(None)]
         total = 0.0
