@@ -150,6 +150,19 @@ class PrunelightCLI(LightningCLI):
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             super().parse_arguments(parser, args)
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (a checkpoint's hyperparameters become the ``model`` section), less the model init
+        arguments that the subcommand takes as top-level sections (``lora``, ``training`` on finetune): those
+        come from the YAML, and FinetuneModule refuses a checkpoint written with other lora settings."""
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        extra = self.config[subcommand].get("model.dict_kwargs") if subcommand else None
+        if isinstance(extra, dict):
+            for key in SUBCOMMANDS[subcommand].model_skip():
+                extra.pop(key, None)
+            if not extra:
+                del self.config[subcommand]["model.dict_kwargs"]
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer writes into the run folder's staging folder; a finished run there is refused first."""
         config = self._get(self.config, "trainer")

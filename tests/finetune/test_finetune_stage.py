@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 
 import prunelight
@@ -159,3 +160,26 @@ def test_an_unknown_zero_shot_task_fails_before_anything_runs(tiny_llama, tmp_pa
               "--results_root", str(tmp_path / "results")])  # fmt: skip
     assert "piqaa" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_finetune_resumes_from_its_checkpoint_with_the_lora_settings_it_holds(tiny_llama, tmp_path, capsys):
+    def run(experiment, *extra):
+        main(["finetune", "--model.path", str(tiny_llama), "--model.dtype", "float32", "--lora.rank", "4",
+              *_finetune_options(tmp_path), "--evaluation", "null",
+              "--experiment", experiment, *extra])  # fmt: skip
+        return tmp_path / "results" / tiny_llama.name / experiment
+
+    first = run("first", "--trainer.max_steps", "2")
+    checkpoint = next((first / "checkpoints").glob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert saved["lora"]["rank"] == 4 and saved["training"]["learning_rate"] == 2e-4
+    resumed = run("resumed", "--ckpt_path", str(checkpoint))
+    report = json.loads((resumed / "analysis/finetune.json").read_text())
+    assert report["trainer"]["global_step"] == 4 and report["lora"]["rank"] == 4
+    config = yaml.safe_load((resumed / "tb/config.yaml").read_text())
+    assert "dict_kwargs" not in config["model"] and config["lora"]["rank"] == 4  # one place, also on resume
+
+    with pytest.raises(SystemExit) as exit_info:
+        run("other", "--ckpt_path", str(checkpoint), "--lora.rank", "8")
+    assert exit_info.value.code == 2
+    assert "resume with the lora settings it was written with" in capsys.readouterr().err
