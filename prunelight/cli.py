@@ -22,6 +22,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from prunelight.errors import PrunelightError, raised_message_in
+from prunelight.finetune.lora import LoraSettings
+from prunelight.finetune.module import TrainingSettings
 from prunelight.run_folder import RunFolder
 from prunelight.trainer import PrunelightTrainer
 
@@ -33,13 +35,28 @@ class Subcommand:
     model: str | None
     data: str | None
     skip: frozenset[str] = frozenset({"model", "datamodule"})
+    """Trainer-method arguments the CLI fills itself; also ``data`` (no ``data`` section: the subcommand's
+    data is a section of its own) and ``model.<init argument>`` (not a key of the ``model`` section: the
+    subcommand takes it as a top-level section), so the old place is not parsed at all."""
     classes: tuple[tuple[str, str], ...] = ()
     """Other class-typed arguments of the method and their default classes (so YAML needs no class_path)."""
+    sections: tuple[tuple[str, type], ...] = ()
+    """Settings arguments whose method default is None (the module keeps its own, for Python callers) and
+    whose command-line default is the settings class's defaults, as in the subcommands where they are
+    required."""
+
+    def method_skip(self) -> set[str]:
+        return {name for name in self.skip if name != "data" and not name.startswith("model.")}
+
+    def model_skip(self) -> set[str]:
+        return {name.split(".", 1)[1] for name in self.skip if name.startswith("model.")}
 
 
 _PERPLEXITY = ("prunelight.evaluate.PerplexityModule", "prunelight.data.datamodule.PerplexityDataModule")
 _FINETUNE = ("prunelight.finetune.FinetuneModule", "prunelight.finetune.LanguageModelingDataModule")
 _CALIBRATION = ("prunelight.calibration.CalibrationModule", "prunelight.calibration.CalibrationDataModule")
+_FINETUNE_SECTIONS = frozenset({"model", "datamodule", "data", "model.lora", "model.training"})
+"""finetune: ``lora``, ``training`` and ``finetune_data`` are top-level sections, as in the pipeline."""
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "fit": Subcommand(*_FINETUNE, frozenset({"model", "train_dataloaders", "val_dataloaders", "datamodule"})),
@@ -48,21 +65,36 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "predict": Subcommand(None, None, frozenset({"model", "dataloaders", "datamodule"})),
     "evaluate": Subcommand(*_PERPLEXITY),
     "prune": Subcommand(*_CALIBRATION),
-    "finetune": Subcommand(*_FINETUNE),
+    "finetune": Subcommand(
+        _FINETUNE[0],
+        None,
+        _FINETUNE_SECTIONS,
+        classes=(("finetune_data", _FINETUNE[1]),),
+        sections=(("lora", LoraSettings), ("training", TrainingSettings)),
+    ),
     "pipeline": Subcommand(*_CALIBRATION, classes=(("finetune_data", _FINETUNE[1]),)),
 }
+"""The place of each fine-tuning setting is the same in ``finetune`` and ``pipeline``: top-level ``lora``,
+``training`` and ``finetune_data``. ``fit`` is Lightning's and keeps ``model.lora``, ``model.training`` and
+``data``."""
 
 
 class PrunelightCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {name: set(sub.skip) for name, sub in SUBCOMMANDS.items()}
+        return {name: sub.method_skip() for name, sub in SUBCOMMANDS.items()}
 
     def _prepare_subcommand_parser(
         self, klass: type, subcommand: str, **kwargs: Any
     ) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        self._preparing: Subcommand | None = SUBCOMMANDS[subcommand]
+        try:
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        finally:
+            self._preparing = None
         defaults = SUBCOMMANDS[subcommand]
+        for key, settings_class in defaults.sections:
+            parser.set_defaults({key: settings_class()})
         if defaults.model:
             parser.set_defaults({"model": {"class_path": defaults.model}})
         if defaults.data:
@@ -70,6 +102,23 @@ class PrunelightCLI(LightningCLI):
         for key, class_path in defaults.classes:
             parser.set_defaults({key: {"class_path": class_path}})
         return parser
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's trainer, model and data sections, less what the subcommand's skip set leaves out:
+        the ``data`` section and init arguments of the model (``model.lora``), top-level sections there."""
+        sub = getattr(self, "_preparing", None)
+        if sub is None or ("data" not in sub.skip and not sub.model_skip()):
+            return super().add_core_arguments_to_parser(parser)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_subclass_arguments(
+            self._model_class, "model", fail_untyped=False, required=True, skip=sub.model_skip()
+        )
+        if "data" not in sub.skip:
+            parser.add_lightning_class_args(
+                self._datamodule_class, "data", subclass_mode=self.subclass_mode_data
+            )
+        return None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -100,6 +149,19 @@ class PrunelightCLI(LightningCLI):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (a checkpoint's hyperparameters become the ``model`` section), less the model init
+        arguments that the subcommand takes as top-level sections (``lora``, ``training`` on finetune): those
+        come from the YAML, and FinetuneModule refuses a checkpoint written with other lora settings."""
+        super()._parse_ckpt_path()
+        subcommand = self.config.get("subcommand")
+        extra = self.config[subcommand].get("model.dict_kwargs") if subcommand else None
+        if isinstance(extra, dict):
+            for key in SUBCOMMANDS[subcommand].model_skip():
+                extra.pop(key, None)
+            if not extra:
+                del self.config[subcommand]["model.dict_kwargs"]
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The trainer writes into the run folder's staging folder; a finished run there is refused first."""
@@ -248,8 +310,38 @@ def _parser_keys(message: str) -> str:
     return ".".join(keys)
 
 
+MOVED: dict[str, tuple[str, str]] = {
+    "model.lora": ("lora", "the LoRA settings"),
+    "model.training": ("training", "the optimiser settings"),
+    "data": ("finetune_data", "the fine-tuning data"),
+}
+"""Keys that ``finetune`` does not take (``fit``'s places) and the top-level section they are in ``finetune``
+and ``pipeline``, with what they hold."""
+
+
+def _moved_key(message: str) -> str | None:
+    """The line for a key that is not accepted because it is a top-level section in finetune and pipeline."""
+    given = re.search(r"Option '([\w.]+)' is not accepted", message) or re.search(
+        r"unrecognized arguments: --([\w.]+)", message
+    )
+    if given is None:
+        return None
+    key = _parser_keys(message)
+    full = f"{key}.{given.group(1)}" if key else given.group(1)
+    for old, (new, what) in MOVED.items():
+        if full == old or full.startswith(old + "."):
+            return (
+                f"{full} is not a key here: finetune and pipeline take {what} as the top-level {new} section "
+                f"({new}{full[len(old) :]})"
+            )
+    return None
+
+
 def _parser_message(message: str) -> str:
     """One line for a jsonargparse error report: the key, the value given, and what the key accepts."""
+    moved = _moved_key(message)
+    if moved is not None:
+        return moved
     key = _parser_keys(message)
     where = f"{key}: " if key else ""
     given = re.search(r"Got value: (.*)", message) or re.search(r"Given value: (.*)", message)

@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
+from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
@@ -106,18 +107,34 @@ class PrunelightTrainer(L.Trainer):
         ckpt_path: str | None = None,
         recovery: RecoverySettings = RecoverySettings(),  # noqa: B008
         evaluation: EvaluationSettings | None = EvaluationSettings(),  # noqa: B008
+        lora: LoraSettings | None = None,
+        training: TrainingSettings | None = None,
+        finetune_data: L.LightningDataModule | None = None,
     ) -> dict[str, Any]:
         """Evaluate, fine-tune with LoRA, merge, evaluate again and save, into ``default_root_dir``.
 
+        The YAML sections are those of ``pipeline``: ``lora``, ``training`` and ``finetune_data`` (the
+        command line fills ``finetune_data``; it has no ``data`` section and its ``model`` takes no ``lora``
+        or ``training``). From Python, pass the data as ``datamodule`` (positional) or ``finetune_data``,
+        not both.
+
         Args:
-            model: a :class:`~prunelight.finetune.FinetuneModule` (LoRA settings and optimiser).
-            datamodule: a :class:`~prunelight.finetune.LanguageModelingDataModule` or
-                :class:`~prunelight.finetune.InstructionDataModule`.
+            model: a :class:`~prunelight.finetune.FinetuneModule`.
+            datamodule: the fine-tuning data from Python (the command line's is ``finetune_data``).
             ckpt_path: a Lightning checkpoint of an earlier run of the same settings to resume from.
             recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
             evaluation: perplexity (and zero-shot) before and after; None skips it.
+            lora: rank, alpha, dropout and targets of the adapters; None keeps the module's own (the
+                command line always gives its ``lora`` section, defaults included).
+            training: optimiser, schedule and gradient checkpointing; None keeps the module's own.
+            finetune_data: a :class:`~prunelight.finetune.LanguageModelingDataModule` (the command line's
+                default) or :class:`~prunelight.finetune.InstructionDataModule`.
         """
-        return run_finetune(self, model, datamodule, FinetuneSettings(recovery, evaluation, ckpt_path))
+        if datamodule is not None and finetune_data is not None:
+            raise ConfigError("finetune takes its data once: datamodule (Python) or finetune_data, not both")
+        data = finetune_data if finetune_data is not None else datamodule
+        settings = FinetuneSettings(recovery, evaluation, ckpt_path, lora, training)
+        return run_finetune(self, model, data, settings)
 
     def pipeline(
         self,

@@ -127,3 +127,47 @@ def test_console_script_and_train_py_are_the_same_program():
     ).stdout
     # The usage lines wrap at a width that depends on the program's name; the words must be the same.
     assert "evaluate" in a and a.split()[2:] == b.split()[2:]
+
+
+FINETUNE_SECTIONS = ("lora", "training", "finetune_data")
+
+
+def test_finetune_and_pipeline_take_the_same_fine_tuning_sections(tmp_path, capsys):
+    """Each config's lora, training and finetune_data sections, given to the other subcommand unchanged,
+    parse to the same sections there: one place for the fine-tuning settings in both YAMLs."""
+    configs = {name: ROOT / "configs" / f"{name}_smollm2{tail}.yaml" for name, tail in
+               (("finetune", "_lora"), ("pipeline", ""))}  # fmt: skip
+    for source in configs.values():
+        sections = {k: v for k, v in yaml.safe_load(source.read_text()).items() if k in FINETUNE_SECTIONS}
+        assert set(sections) == set(FINETUNE_SECTIONS), source.name
+        moved = tmp_path / f"sections_of_{source.name}"
+        moved.write_text(yaml.safe_dump(sections))
+        printed = {name: _print_config(capsys, name, "--config", str(moved)) for name in configs}
+        assert {k: printed["finetune"][k] for k in FINETUNE_SECTIONS} == {
+            k: printed["pipeline"][k] for k in FINETUNE_SECTIONS
+        }, source.name
+        assert printed["finetune"]["lora"]["rank"] == sections["lora"]["rank"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (["--model.lora.rank", "4"], "top-level lora section (lora.rank)"),
+        (["--model.training.learning_rate", "0.01"], "top-level training section (training.learning_rate)"),
+        (["--data.block_size", "64"], "top-level finetune_data section (finetune_data.block_size)"),
+    ],
+)
+def test_the_old_places_of_the_fine_tuning_settings_are_refused_on_finetune(old, new, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--model.path", "smollm2-135m", *old, "--results_root", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("prunelight: error: ") and new in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_keeps_lightnings_places_of_the_fine_tuning_settings(capsys):
+    printed = _print_config(capsys, "fit", "--model.lora.rank", "4", "--data.block_size", "64")
+    assert printed["model"]["init_args"]["lora"]["rank"] == 4
+    assert printed["data"]["init_args"]["block_size"] == 64
+    assert not set(FINETUNE_SECTIONS) & set(printed)

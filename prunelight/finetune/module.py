@@ -63,6 +63,10 @@ class FinetuneModule(CausalLMModule):
         revision: hub branch, tag or commit.
         lora: rank, alpha, dropout and target modules of the adapters.
         training: optimiser, schedule and gradient checkpointing.
+
+    ``lora`` and ``training`` are Python arguments (and ``fit``'s ``model.lora``/``model.training``); the
+    ``finetune`` and ``pipeline`` subcommands take them as top-level ``lora:``/``training:`` sections and
+    give them to :meth:`use_settings`.
     """
 
     def __init__(
@@ -76,7 +80,7 @@ class FinetuneModule(CausalLMModule):
         training: TrainingSettings = TrainingSettings(),  # noqa: B008
     ) -> None:
         super().__init__(path, gguf_file, dtype, None, trust_remote_code, revision)
-        self._init_training(_settings(LoraSettings, lora), _settings(TrainingSettings, training))
+        self._init_training(lora, training)
 
     @classmethod
     def from_model(  # type: ignore[override]
@@ -93,11 +97,28 @@ class FinetuneModule(CausalLMModule):
         return module
 
     def _init_training(self, lora: LoraSettings, training: TrainingSettings) -> None:
-        self.lora, self.training_settings = lora, training
         self.val_perplexity = Perplexity()
         self.last_train_loss: float | None = None
         # Checkpoints hold only the adapters (on_save_checkpoint); the frozen base comes from ``path``.
         self.strict_loading = False
+        self.use_settings(lora, training)
+
+    def use_settings(
+        self, lora: LoraSettings | None = None, training: TrainingSettings | None = None
+    ) -> None:
+        """Fine-tune with these LoRA and training settings (None keeps the current one); set before ``fit``.
+
+        The ``finetune`` subcommand gives its top-level ``lora`` and ``training`` sections here. Both are
+        recorded in ``hparams``, so a checkpoint holds the settings it was trained with (a resume with other
+        LoRA settings is refused in :meth:`on_load_checkpoint`).
+        """
+        if isinstance(getattr(self, "model", None), PeftModel):
+            raise RuntimeError("the adapters are already added; set the settings before fit")
+        if lora is not None:
+            self.lora = _settings(LoraSettings, lora)
+        if training is not None:
+            self.training_settings = _settings(TrainingSettings, training)
+        self.hparams["lora"], self.hparams["training"] = self.lora, self.training_settings
 
     @property
     def peft_model(self) -> PeftModel:
@@ -172,6 +193,12 @@ class FinetuneModule(CausalLMModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = (checkpoint.get("hyper_parameters") or {}).get("lora")
+        if isinstance(saved, dict) and saved != dataclasses.asdict(self.lora):
+            raise ConfigError(
+                f"the checkpoint was trained with lora {saved}, this run has lora "
+                f"{dataclasses.asdict(self.lora)}; resume with the lora settings it was written with"
+            )
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         missing = trainable - set(checkpoint["state_dict"])
         if missing:

@@ -45,8 +45,13 @@ def run_finetune(
     datamodule: L.LightningDataModule | None,
     settings: FinetuneSettings,
 ) -> dict[str, Any]:
-    """The ``finetune`` subcommand: check everything, fine-tune into ``default_root_dir``, then summary.md."""
-    check_stage(trainer, module, datamodule, evaluation=settings.evaluation)
+    """The ``finetune`` subcommand: check everything, fine-tune into ``default_root_dir``, then summary.md.
+
+    ``datamodule`` is the fine-tuning data (the ``finetune_data`` section); ``settings.lora`` and
+    ``settings.training`` go to the module before anything runs (None keeps the module's own)."""
+    if isinstance(module, FinetuneModule):
+        module.use_settings(settings.lora, settings.training)
+    check_stage(trainer, module, evaluation=settings.evaluation, finetune_data=datamodule)
     with rewritten(Path(trainer.default_root_dir)):
         report = finetune_model(
             trainer, module, datamodule, settings.recovery, settings.evaluation, settings.ckpt_path
@@ -75,7 +80,7 @@ def finetune_model(
         raise ConfigError("finetune needs a FinetuneModule as model (the default of the finetune subcommand)")
     if datamodule is None:
         raise ConfigError(
-            "finetune needs training data: a data section (LanguageModelingDataModule by default)"
+            "finetune needs training data: a finetune_data section (LanguageModelingDataModule by default)"
         )
     refuse_sharding(trainer.strategy, "LoRA fine-tuning")
     check_zero_shot(evaluation)

@@ -272,11 +272,15 @@ class FinetuneSettings:
         recovery: overfitting monitor, early stopping, sparsity masks, what is saved.
         evaluation: perplexity (and zero-shot) before and after; None skips it.
         ckpt_path: a Lightning checkpoint of an earlier run of the same settings to resume from.
+        lora: rank, alpha, dropout and targets of the adapters; None keeps the module's own.
+        training: optimiser, schedule and gradient checkpointing; None keeps the module's own.
     """
 
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     evaluation: EvaluationSettings | None = field(default_factory=EvaluationSettings)
     ckpt_path: str | None = None
+    lora: LoraSettings | None = None
+    training: TrainingSettings | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from peft import PeftModel
 
 import prunelight
@@ -15,14 +16,15 @@ WIKI_VALID = "[{name: wikitext2, split: validation}]"
 
 
 def _finetune_options(tmp_path) -> list[str]:
+    """The fine-tuning options, the same for finetune and pipeline (the data is ``finetune_data`` in both)."""
     return [
-        "--data.corpus", "wikitext2",
-        "--data.train_split", "validation",
-        "--data.val_split", "validation",
-        "--data.block_size", "64",
-        "--data.max_train_samples", "16",
-        "--data.max_val_samples", "2",
-        "--data.batch_size", "2",
+        "--finetune_data.corpus", "wikitext2",
+        "--finetune_data.train_split", "validation",
+        "--finetune_data.val_split", "validation",
+        "--finetune_data.block_size", "64",
+        "--finetune_data.max_train_samples", "16",
+        "--finetune_data.max_val_samples", "2",
+        "--finetune_data.batch_size", "2",
         "--trainer.max_steps", "4",
         "--trainer.val_check_interval", "2",
         "--trainer.enable_progress_bar", "false",
@@ -33,11 +35,6 @@ def _finetune_options(tmp_path) -> list[str]:
         "--results_root", str(tmp_path / "results"),
         "--experiment", "run",
     ]  # fmt: skip
-
-
-def _recovery_options(tmp_path) -> list[str]:
-    """The finetune options as the pipeline names them (its fine-tuning data is ``finetune_data``)."""
-    return [o.replace("--data.", "--finetune_data.") for o in _finetune_options(tmp_path)]
 
 
 def _prune_options(folder) -> list[str]:
@@ -56,8 +53,8 @@ def _logits(model, ids):
 
 
 def test_finetune_writes_adapter_and_a_merged_model_that_agree(tiny_llama, tmp_path):
-    main(["finetune", "--model.path", str(tiny_llama), "--model.dtype", "float32", "--model.lora.rank", "4",
-          "--model.training.learning_rate", "0.01", *_finetune_options(tmp_path)])  # fmt: skip
+    main(["finetune", "--model.path", str(tiny_llama), "--model.dtype", "float32", "--lora.rank", "4",
+          "--training.learning_rate", "0.01", *_finetune_options(tmp_path)])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     for name in ("summary.md", "adapter/adapter_config.json", "finetuned_model/config.json",
                  "analysis/finetune.json", "analysis/overfitting.json", "analysis/perplexity_before.json",
@@ -86,7 +83,7 @@ def test_finetune_writes_adapter_and_a_merged_model_that_agree(tiny_llama, tmp_p
 
 def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
     main(["pipeline", *_prune_options(tiny_llama), "--ranking.ratio", "0.3", "--lora.rank", "4",
-          "--training.learning_rate", "0.01", *_recovery_options(tmp_path),
+          "--training.learning_rate", "0.01", *_finetune_options(tmp_path),
           "--evaluation.zero_shot", "{tasks: [piqa, arc_easy], limit: 4, batch_size: 4}"])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     for name in ("pruned_model/config.json", "finetuned_model/config.json", "adapter/adapter_config.json",
@@ -117,7 +114,7 @@ def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
 def test_a_sparse_pipeline_keeps_its_zeros_through_lora(tiny_llama, tmp_path):
     main(["pipeline", *_prune_options(tiny_llama), "--importance.criterion", "wanda",
           "--sparsity.pattern", "unstructured", "--sparsity.sparsity", "0.5", "--lora.rank", "4",
-          *_recovery_options(tmp_path)])  # fmt: skip
+          *_finetune_options(tmp_path)])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     report = json.loads((run / "analysis/finetune.json").read_text())
     assert report["sparsity_kept"] == pytest.approx(0.5, abs=0.01)
@@ -139,7 +136,7 @@ def test_bad_recovery_settings_fail_before_pruning_and_leave_no_folder(
 ):
     with pytest.raises(SystemExit) as exit_info:
         main(["pipeline", *_prune_options(tiny_llama),
-              *_recovery_options(tmp_path), *options])  # fmt: skip
+              *_finetune_options(tmp_path), *options])  # fmt: skip
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
@@ -163,3 +160,26 @@ def test_an_unknown_zero_shot_task_fails_before_anything_runs(tiny_llama, tmp_pa
               "--results_root", str(tmp_path / "results")])  # fmt: skip
     assert "piqaa" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_finetune_resumes_from_its_checkpoint_with_the_lora_settings_it_holds(tiny_llama, tmp_path, capsys):
+    def run(experiment, *extra):
+        main(["finetune", "--model.path", str(tiny_llama), "--model.dtype", "float32", "--lora.rank", "4",
+              *_finetune_options(tmp_path), "--evaluation", "null",
+              "--experiment", experiment, *extra])  # fmt: skip
+        return tmp_path / "results" / tiny_llama.name / experiment
+
+    first = run("first", "--trainer.max_steps", "2")
+    checkpoint = next((first / "checkpoints").glob("*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)["hyper_parameters"]
+    assert saved["lora"]["rank"] == 4 and saved["training"]["learning_rate"] == 2e-4
+    resumed = run("resumed", "--ckpt_path", str(checkpoint))
+    report = json.loads((resumed / "analysis/finetune.json").read_text())
+    assert report["trainer"]["global_step"] == 4 and report["lora"]["rank"] == 4
+    config = yaml.safe_load((resumed / "tb/config.yaml").read_text())
+    assert "dict_kwargs" not in config["model"] and config["lora"]["rank"] == 4  # one place, also on resume
+
+    with pytest.raises(SystemExit) as exit_info:
+        run("other", "--ckpt_path", str(checkpoint), "--lora.rank", "8")
+    assert exit_info.value.code == 2
+    assert "resume with the lora settings it was written with" in capsys.readouterr().err
