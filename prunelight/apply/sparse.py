@@ -17,8 +17,9 @@ from torch import nn
 
 from prunelight.apply.sparsegpt import sparsegpt_prune
 from prunelight.importance.criteria import magnitude_elements, wanda_elements
-from prunelight.importance.inputs import PROJECTIONS, LayerInputs
+from prunelight.importance.inputs import LayerInputs
 from prunelight.models.adapters import FamilyAdapter, LayerModules
+from prunelight.models.projections import PROJECTIONS
 from prunelight.ranking.patterns import block_mask, nm_mask, tiles_then_singles, unstructured_mask
 
 

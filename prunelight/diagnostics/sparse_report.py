@@ -13,7 +13,7 @@ from typing import Any
 from prunelight.diagnostics import plots
 from prunelight.diagnostics.schema import load
 from prunelight.diagnostics.tensorboard import FOLDER, fresh_writer, write_hparams
-from prunelight.importance.inputs import PROJECTIONS
+from prunelight.models.projections import PROJECTIONS
 from prunelight.stages.recovery_report import recovery_section
 from prunelight.stages.report import zero_shot_lines
 

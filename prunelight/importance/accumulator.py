@@ -19,10 +19,6 @@ from torch.utils.hooks import RemovableHandle
 
 from prunelight.diagnostics.gradients import GradientStatistics
 from prunelight.importance.criteria import (
-    ATTENTION_PROJECTIONS,
-    COLUMN_PROJECTIONS,
-    MLP_PROJECTIONS,
-    ROW_PROJECTIONS,
     criterion_info,
     fluctuation_elements,
     group_sum,
@@ -31,6 +27,12 @@ from prunelight.importance.criteria import (
 )
 from prunelight.importance.kernels import influence_sum, taylor_scores
 from prunelight.models.adapters import FamilyAdapter, LayerModules
+from prunelight.models.projections import (
+    ATTENTION_PROJECTIONS,
+    COLUMN_PROJECTIONS,
+    MLP_PROJECTIONS,
+    ROW_PROJECTIONS,
+)
 from prunelight.models.sharding import full_tensor
 from prunelight.ranking.table import GroupTable
 

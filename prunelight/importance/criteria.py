@@ -14,15 +14,9 @@ from typing import Literal
 import torch
 
 from prunelight.errors import ConfigError
+from prunelight.models.projections import ROW_PROJECTIONS
 
 Criterion = Literal["magnitude", "taylor", "taylor2", "wanda", "fluctuation", "block_influence", "sparsegpt"]
-
-ROW_PROJECTIONS = ("q", "k", "v", "gate", "up")
-"""Projections whose output rows belong to a group (a head's rows, an MLP channel's row)."""
-COLUMN_PROJECTIONS = ("o", "down")
-"""Projections whose input columns belong to a group."""
-ATTENTION_PROJECTIONS = ("q", "k", "v", "o")
-MLP_PROJECTIONS = ("gate", "up", "down")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import os
 import torch
 import torch.nn.functional as F
 
-from prunelight.importance.criteria import ROW_PROJECTIONS, taylor_group_scores
+from prunelight.importance.criteria import taylor_group_scores
+from prunelight.models.projections import ROW_PROJECTIONS
 
 try:  # Triton ships with CUDA builds of torch; CPU installs may lack it
     import triton

@@ -29,9 +29,10 @@ from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.sparse_report import write_sparse_report
-from prunelight.importance.inputs import PROJECTIONS, LayerInputs
+from prunelight.importance.inputs import LayerInputs
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.projections import PROJECTIONS
 from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.rank import layer_constraints

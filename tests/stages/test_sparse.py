@@ -15,7 +15,7 @@ from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.mask import MaskCallback
 from prunelight.cli import main
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS
+from prunelight.models.projections import PROJECTIONS
 from prunelight.stages.settings import ImportanceSettings, SparsitySettings
 from prunelight.trainer import PrunelightTrainer
 
