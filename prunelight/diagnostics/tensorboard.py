@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from prunelight.diagnostics.gradients import KINDS, STATISTICS
+from prunelight.importance.gradients import KINDS, STATISTICS
 from prunelight.stages.report import layer_rate
 
 FOLDER = Path("tb") / "diagnostics"

@@ -17,7 +17,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.hooks import RemovableHandle
 
-from prunelight.diagnostics.gradients import GradientStatistics
 from prunelight.importance.criteria import (
     criterion_info,
     fluctuation_elements,
@@ -25,6 +24,7 @@ from prunelight.importance.criteria import (
     magnitude_elements,
     wanda_elements,
 )
+from prunelight.importance.gradients import GradientStatistics
 from prunelight.importance.kernels import influence_sum, taylor_scores
 from prunelight.models.adapters import FamilyAdapter, LayerModules
 from prunelight.models.projections import (

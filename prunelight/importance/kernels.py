@@ -57,7 +57,7 @@ def taylor_scores(
 
     The moments are rows of ``[sum, sum of squares, min, max]``, one per disjoint part of ``grad`` (one
     row for the torch path, one per tile for the kernel), which
-    :class:`~prunelight.diagnostics.gradients.GradientStatistics` combines once per batch.
+    :class:`~prunelight.importance.gradients.GradientStatistics` combines once per batch.
     """
     if kernels_available(grad):
         return taylor_scores_triton(weight, grad, projection, groups, second_order, moments)
