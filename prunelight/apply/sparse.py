@@ -1,6 +1,7 @@
 """Apply a sparse pattern to one decoder layer's projections, and measure what the weights reached.
 
-Scores (magnitude ``|W|`` or Wanda ``|W| * ||X_j||``) come from the weights and the layer's input statistics;
+What happens to each projection is the criterion object's (:meth:`~prunelight.importance.criteria.base.
+Criterion.prune`): magnitude and Wanda score the elements and the pattern turns the scores into a mask;
 SparseGPT instead prunes and reconstructs each weight from the layer's Hessian
 (:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights afterwards, never taken from
 what was asked for.
@@ -15,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelight.apply.sparsegpt import sparsegpt_prune
-from prunelight.importance.criteria import magnitude_elements, wanda_elements
+from prunelight.importance.criteria import criterion_info
 from prunelight.importance.inputs import LayerInputs
 from prunelight.models.adapters import FamilyAdapter, LayerModules
 from prunelight.models.projections import PROJECTIONS
@@ -50,15 +50,16 @@ class LayerPattern:
             return self
         return dataclasses.replace(self, sparsity=self.projections[projection], projections=None)
 
+    def mask(self, scores: torch.Tensor, label: str) -> torch.Tensor:
+        """The keep mask this pattern cuts from one projection's element ``scores``."""
+        return _mask(scores, self, label)
+
 
 def element_scores(
     weight: torch.Tensor, criterion: str, inputs: LayerInputs | None, projection: str
 ) -> torch.Tensor:
-    """Per-element importance of ``projection``'s weight (float32)."""
-    if criterion == "magnitude":
-        return magnitude_elements(weight)
-    assert criterion == "wanda" and inputs is not None, criterion
-    return wanda_elements(weight, inputs.input_norm(projection))
+    """Per-element importance of ``projection``'s weight (float32) by the criterion called ``criterion``."""
+    return criterion_info(criterion).element_scores(weight, inputs, projection)
 
 
 def prune_layer(
@@ -67,6 +68,7 @@ def prune_layer(
     """Zero (SparseGPT: zero and reconstruct) ``modules``' weights in place; return the keep masks."""
     masks = {}
     layer_pattern = pattern
+    criterion = criterion_info(layer_pattern.criterion)
     for name in PROJECTIONS:
         pattern = layer_pattern.of(name)
         weight = getattr(modules, name).weight
@@ -74,25 +76,7 @@ def prune_layer(
         if pattern.sparsity == 0:  # a protected layer (N:M layers carry 1 - n/m)
             continue
         with torch.no_grad():
-            if pattern.criterion == "sparsegpt":
-                assert inputs is not None
-                nm = pattern.pattern == "nm"
-                new, keep = sparsegpt_prune(
-                    weight,
-                    inputs.hessian(name),
-                    sparsity=None if nm else pattern.sparsity,
-                    n=pattern.n if nm else None,
-                    m=pattern.m if nm else None,
-                    comparison=pattern.comparison,
-                    block_size=pattern.block_size,
-                    damping=pattern.damping,
-                )
-                weight.copy_(new)
-            else:
-                scores = element_scores(weight, pattern.criterion, inputs, name)
-                keep = _mask(scores, pattern, label)
-                weight.mul_(keep)
-        masks[name] = keep
+            masks[name] = criterion.prune(weight, inputs, name, pattern, label)
     return masks
 
 

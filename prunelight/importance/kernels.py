@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from prunelight.importance.criteria import taylor_group_scores
+from prunelight.importance.criteria.taylor import taylor_group_scores
 from prunelight.models.projections import ROW_PROJECTIONS
 
 try:  # Triton ships with CUDA builds of torch; CPU installs may lack it

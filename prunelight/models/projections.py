@@ -26,3 +26,6 @@ MLP_PROJECTIONS = ("gate", "up", "down")
 INPUT_OF = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
 """Projections that read the same tensor share one input statistic: q/k/v read the attention input, gate/up
 the MLP input, o and down their own. Maps each projection to the one whose input hook holds it."""
+
+KIND_PROJECTIONS = {"attention": ATTENTION_PROJECTIONS, "mlp": MLP_PROJECTIONS}
+"""The projections of each kind of structured group, keyed as the group tables are (attention, mlp)."""

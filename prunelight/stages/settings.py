@@ -8,7 +8,7 @@ from typing import Literal
 from prunelight.data.corpora import CorpusSpec
 from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
-from prunelight.importance.criteria import Criterion
+from prunelight.importance.criteria import CRITERIA, CriterionName, sparse_criteria
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ImportanceSettings:
             benchmarks/diagnostics_overhead.py).
     """
 
-    criterion: Criterion = "taylor"
+    criterion: CriterionName = "taylor"
     aggregation: Literal["batch", "sample"] = "batch"
     magnitude_norm: Literal[1, 2] = 1
     gradient_statistics: bool = True
@@ -70,7 +70,6 @@ class EvaluationSettings:
 
 
 SparsePattern = Literal["unstructured", "nm", "block", "hybrid"]
-SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
 
 
 @dataclass
@@ -184,18 +183,11 @@ class SparsitySettings:
         return 1.0 - self.n / self.m if self.pattern == "nm" else float(self.sparsity or 0.0)
 
     def check_criterion(self, criterion: str) -> None:
-        if criterion not in SPARSE_CRITERIA:
+        """Refuse a criterion that cannot prune single weights, or not with these settings."""
+        scorer = CRITERIA.get(criterion)
+        if scorer is None or not scorer.sparse:
             raise ConfigError(
                 f"criterion {criterion!r} scores structures; sparse patterns take "
-                f"{', '.join(SPARSE_CRITERIA)} (set importance.criterion)"
+                f"{', '.join(sparse_criteria())} (set importance.criterion)"
             )
-        if criterion == "sparsegpt" and self.pattern not in ("unstructured", "nm"):
-            raise ConfigError(
-                f"sparsegpt reconstructs weights for unstructured and nm patterns, not {self.pattern}; "
-                "use wanda or magnitude for block and hybrid"
-            )
-        if criterion == "sparsegpt" and self.calibration != "sequential":
-            raise ConfigError(
-                "sparsegpt reconstructs each layer from the outputs of the already pruned layers before it; "
-                "set sparsity.calibration: sequential"
-            )
+        scorer.check_sparse(self.pattern, self.calibration)

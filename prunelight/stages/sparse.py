@@ -29,6 +29,7 @@ from prunelight.calibration.sequential import prune_sequentially
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.sparse_report import write_sparse_report
+from prunelight.importance.criteria import criterion_info
 from prunelight.importance.inputs import LayerInputs
 from prunelight.io import write_json
 from prunelight.measure import peak_memory, reset_peak_memory
@@ -102,13 +103,13 @@ def run_sparse(
             write_json(analysis / "layer_report.json", layer_report(calibrated.table, structured))
 
     one_pass: list[LayerInputs] | None = None
-    if sparsity.allocation == "owl" and criterion != "magnitude":
+    if sparsity.allocation == "owl" and criterion_info(criterion).needs_layer_inputs:
         one_pass = _one_pass(trainer, module, datamodule, hessian=False)
         calibration["passes"].append("OWL outlier ratios (one pass)")
     ratios, layer_sparsity, projections = _layer_targets(
         model, adapter, dense_sizes, sparsity, ranking, one_pass
     )
-    needs_inputs = criterion != "magnitude"
+    needs_inputs = criterion_info(criterion).needs_layer_inputs
     tier_fraction = (
         sparsity.blocks_share / (1.0 - sparsity.structures_share) if sparsity.structures_share < 1 else 0.0
     )
@@ -151,7 +152,7 @@ def run_sparse(
             adapter,
             capture.result,
             prune,
-            hessian=criterion == "sparsegpt",
+            hessian=criterion_info(criterion).needs_hessian,
             reduce_sum=sum_across_ranks(trainer),
             progress=trainer.is_global_zero,
         )
