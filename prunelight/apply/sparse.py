@@ -1,10 +1,10 @@
 """Apply a sparse pattern to one decoder layer's projections, and measure what the weights reached.
 
 What happens to each projection is the criterion object's (:meth:`~prunelight.importance.criteria.base.
-Criterion.prune`): magnitude and Wanda score the elements and the pattern turns the scores into a mask;
-SparseGPT instead prunes and reconstructs each weight from the layer's Hessian
-(:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights afterwards, never taken from
-what was asked for.
+Criterion.prune`): magnitude and Wanda score the elements and the pattern object (:mod:`prunelight.apply.
+patterns`) turns the scores into a mask; SparseGPT instead prunes and reconstructs each weight from the
+layer's Hessian (:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights
+afterwards, never taken from what was asked for.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelight.apply.patterns import SparsePattern, pattern_named
 from prunelight.importance.criteria import criterion_info
 from prunelight.importance.inputs import LayerInputs
 from prunelight.models.adapters import FamilyAdapter, LayerModules
 from prunelight.models.projections import PROJECTIONS
-from prunelight.ranking.patterns import block_mask, nm_mask, tiles_then_singles, unstructured_mask
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,14 @@ class LayerPattern:
             return self
         return dataclasses.replace(self, sparsity=self.projections[projection], projections=None)
 
+    @property
+    def sparse_pattern(self) -> SparsePattern:
+        """The registered pattern object called :attr:`pattern`."""
+        return pattern_named(self.pattern)
+
     def mask(self, scores: torch.Tensor, label: str) -> torch.Tensor:
         """The keep mask this pattern cuts from one projection's element ``scores``."""
-        return _mask(scores, self, label)
+        return self.sparse_pattern.mask(scores, self, label)
 
 
 def element_scores(
@@ -80,18 +85,6 @@ def prune_layer(
     return masks
 
 
-def _mask(scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
-    if pattern.pattern == "unstructured":
-        return unstructured_mask(scores, pattern.sparsity, pattern.comparison)
-    if pattern.pattern == "nm":
-        return nm_mask(scores, pattern.n, pattern.m, label)
-    if pattern.pattern == "block":
-        return block_mask(scores, pattern.sparsity, pattern.block, label)
-    if pattern.pattern == "hybrid":
-        return tiles_then_singles(scores, pattern.tile_sparsity, pattern.sparsity, pattern.block)
-    raise AssertionError(pattern.pattern)
-
-
 def projection_sizes(model: nn.Module, adapter: FamilyAdapter) -> list[dict[str, int]]:
     """Weight elements of every prunable projection, per layer (the base of every sparsity)."""
     return [
@@ -104,18 +97,13 @@ def removal_units(
     model: nn.Module, adapter: FamilyAdapter, pattern: str, comparison: str, block: tuple[int, int]
 ) -> list[dict[str, int]]:
     """The granularity in which ``pattern`` removes weights of each projection (see ``projection_counts``)."""
+    shape = pattern_named(pattern)
     units = []
     for layer in adapter.decoder_layers(model):
         modules = adapter.modules(layer)
         row = {}
         for name in PROJECTIONS:
-            out_features = getattr(modules, name).weight.shape[0]
-            if pattern == "unstructured":
-                row[name] = out_features if comparison == "row" else 1
-            elif pattern == "block":
-                row[name] = block[0] * block[1]
-            else:
-                row[name] = 1
+            row[name] = shape.removal_unit(getattr(modules, name).weight.shape[0], comparison, block)
         units.append(row)
     return units
 

@@ -90,7 +90,7 @@ def run_sparse(
     calibration: dict[str, Any] = {"criterion": criterion, "passes": []}
 
     start = time.perf_counter()
-    if sparsity.pattern == "hybrid" and sparsity.structures_share > 0:
+    if sparsity.sparse_pattern.structures and sparsity.structures_share > 0:
         callback = ImportanceCallback(criterion, gradient_statistics=False, input_means=compensation)
         calibrated = trainer.calibrate(module, datamodule, callback)
         calibration["passes"].append("structured tier (one pass)")
@@ -162,7 +162,7 @@ def run_sparse(
         calibration.update(datamodule.describe())
     calibration.update(seconds=seconds["pruning"], **peak_memory(device))
 
-    block = sparsity.block if sparsity.pattern in ("block", "hybrid") else None
+    block = sparsity.block if sparsity.sparse_pattern.tiles else None
     measured = measure_sparsity(model, adapter, dense_sizes, block)
     for entry, asked in zip(measured["layers"], layer_sparsity, strict=True):
         entry["target"] = asked if structured is None else None
@@ -250,7 +250,7 @@ def _layer_targets(
         ]
         raw = owl_sparsities(ratios, rest, sparsity.owl_lambda)
     bounds = layer_bounds(layer_constraints(ranking, len(sizes)), len(sizes))
-    if sparsity.pattern == "nm":
+    if sparsity.sparse_pattern.n_of_m:
         return ratios, [0.0 if high == 0 else target for _, high in bounds], [None] * len(sizes)
     layer_sparsity = allocate_sparsity(raw, sizes, rest, bounds)
     units = removal_units(model, adapter, sparsity.pattern, sparsity.comparison, sparsity.block)
@@ -294,7 +294,7 @@ def _layer_scores(
 def _check_semi_structured(sparsity: SparsitySettings, trainer: PrunelightTrainer) -> None:
     from prunelight.errors import ConfigError
 
-    if sparsity.pattern != "nm" or (sparsity.n, sparsity.m) != (2, 4):
+    if not sparsity.sparse_pattern.n_of_m or (sparsity.n, sparsity.m) != (2, 4):
         raise ConfigError("semi_structured converts 2:4 layers only; set pattern: nm, n: 2, m: 4")
     if trainer.strategy.root_device.type != "cuda":
         raise ConfigError(

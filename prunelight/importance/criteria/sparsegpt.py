@@ -40,7 +40,7 @@ class SparseGPT(Criterion):
         label: str,
     ) -> torch.Tensor:
         assert inputs is not None
-        nm = pattern.pattern == "nm"
+        nm = pattern.sparse_pattern.n_of_m
         new, keep = sparsegpt_prune(
             weight,
             inputs.hessian(projection),
