@@ -55,6 +55,11 @@ class LayerPattern:
         """The registered pattern object called :attr:`pattern`."""
         return pattern_named(self.pattern)
 
+    @property
+    def n_of_m(self) -> bool:
+        """The pattern keeps ``n`` of every ``m``: its sparsity is ``1 - n/m``, not :attr:`sparsity`."""
+        return self.sparse_pattern.n_of_m
+
     def mask(self, scores: torch.Tensor, label: str) -> torch.Tensor:
         """The keep mask this pattern cuts from one projection's element ``scores``."""
         return self.sparse_pattern.mask(scores, self, label)

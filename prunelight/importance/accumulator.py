@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from prunelight.importance.criteria import criterion_info
+from prunelight.importance.evidence import LayerEvidence
 from prunelight.importance.gradient_hooks import GradientHooks
 from prunelight.importance.gradients import GradientStatistics
-from prunelight.importance.scoring import LayerEvidence, group_table
+from prunelight.importance.scoring import group_table
 from prunelight.importance.statistics import LayerStatistics, StatisticsHooks
 from prunelight.models.adapters import FamilyAdapter, LayerModules
 from prunelight.models.projections import ATTENTION_PROJECTIONS, MLP_PROJECTIONS

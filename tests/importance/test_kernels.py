@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.importance import kernels
-from prunelight.importance.criteria import taylor_group_scores
+from prunelight.importance.kernels import taylor_group_scores
 from prunelight.models.projections import ROW_PROJECTIONS
 from prunelight.trainer import PrunelightTrainer
 

@@ -10,15 +10,32 @@ names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 
 from prunelight.errors import ConfigError
 
-if TYPE_CHECKING:
-    from prunelight.apply.sparse import LayerPattern
-    from prunelight.stages.settings import SparsitySettings
+
+class PatternSettings(Protocol):
+    """The settings a pattern checks and reads its target from (the ``sparsity`` section,
+    ``stages.settings.SparsitySettings``, which sits floors above and is therefore only described here)."""
+
+    sparsity: float | None
+    n: int
+    m: int
+    allocation: str
+
+
+class ProjectionShape(Protocol):
+    """What one projection is asked to lose (:class:`~prunelight.apply.sparse.LayerPattern`)."""
+
+    sparsity: float
+    comparison: str
+    n: int
+    m: int
+    block: tuple[int, int]
+    tile_sparsity: float
 
 
 class SparsePattern(ABC):
@@ -39,14 +56,14 @@ class SparsePattern(ABC):
     """Before any mask, it removes attention groups and MLP channels through the structured core."""
 
     @abstractmethod
-    def mask(self, scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
+    def mask(self, scores: torch.Tensor, pattern: ProjectionShape, label: str) -> torch.Tensor:
         """The keep mask of one projection with element ``scores`` (higher = kept)."""
 
     def removal_unit(self, out_features: int, comparison: str, block: tuple[int, int]) -> int:
         """Elements that go together in a projection with ``out_features`` rows (single weights: 1)."""
         return 1
 
-    def check(self, settings: SparsitySettings) -> None:
+    def check(self, settings: PatternSettings) -> None:
         """Refuse settings the pattern cannot meet (a pattern with a free sparsity needs one)."""
         from prunelight.ranking.patterns import check_sparsity
 
@@ -54,6 +71,6 @@ class SparsePattern(ABC):
             raise ConfigError(f"pattern {self.name} needs sparsity.sparsity in [0, 1), e.g. 0.5")
         check_sparsity(settings.sparsity)
 
-    def target(self, settings: SparsitySettings) -> float:
+    def target(self, settings: PatternSettings) -> float:
         """The overall sparsity the settings ask for."""
         return float(settings.sparsity or 0.0)

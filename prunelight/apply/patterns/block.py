@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from prunelight.apply.patterns.base import SparsePattern
+from prunelight.apply.patterns.base import ProjectionShape, SparsePattern
 from prunelight.apply.patterns.registry import register
 from prunelight.ranking.patterns import block_mask
-
-if TYPE_CHECKING:
-    from prunelight.apply.sparse import LayerPattern
 
 
 @register
@@ -19,7 +14,7 @@ class Block(SparsePattern):
     name = "block"
     tiles = True
 
-    def mask(self, scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
+    def mask(self, scores: torch.Tensor, pattern: ProjectionShape, label: str) -> torch.Tensor:
         return block_mask(scores, pattern.sparsity, pattern.block, label)
 
     def removal_unit(self, out_features: int, comparison: str, block: tuple[int, int]) -> int:

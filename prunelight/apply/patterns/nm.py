@@ -3,18 +3,12 @@ cores)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from prunelight.apply.patterns.base import SparsePattern
+from prunelight.apply.patterns.base import PatternSettings, ProjectionShape, SparsePattern
 from prunelight.apply.patterns.registry import register
 from prunelight.errors import ConfigError
 from prunelight.ranking.patterns import check_nm, nm_mask
-
-if TYPE_CHECKING:
-    from prunelight.apply.sparse import LayerPattern
-    from prunelight.stages.settings import SparsitySettings
 
 
 @register
@@ -22,10 +16,10 @@ class NM(SparsePattern):
     name = "nm"
     n_of_m = True
 
-    def mask(self, scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
+    def mask(self, scores: torch.Tensor, pattern: ProjectionShape, label: str) -> torch.Tensor:
         return nm_mask(scores, pattern.n, pattern.m, label)
 
-    def check(self, settings: SparsitySettings) -> None:
+    def check(self, settings: PatternSettings) -> None:
         """``n < m``, and no sparsity or allocation that would contradict the fixed ``1 - n/m``."""
         check_nm(settings.n, settings.m)
         if settings.sparsity is not None and abs(settings.sparsity - self.target(settings)) > 1e-9:
@@ -37,5 +31,5 @@ class NM(SparsePattern):
         if settings.allocation != "uniform":
             raise ConfigError("N:M fixes every layer's sparsity at 1 - n/m; use allocation: uniform")
 
-    def target(self, settings: SparsitySettings) -> float:
+    def target(self, settings: PatternSettings) -> float:
         return 1.0 - settings.n / settings.m

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from prunelight.apply.patterns.base import SparsePattern
+from prunelight.apply.patterns.base import ProjectionShape, SparsePattern
 from prunelight.apply.patterns.registry import register
 from prunelight.ranking.patterns import unstructured_mask
-
-if TYPE_CHECKING:
-    from prunelight.apply.sparse import LayerPattern
 
 
 @register
 class Unstructured(SparsePattern):
     name = "unstructured"
 
-    def mask(self, scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
+    def mask(self, scores: torch.Tensor, pattern: ProjectionShape, label: str) -> torch.Tensor:
         return unstructured_mask(scores, pattern.sparsity, pattern.comparison)
 
     def removal_unit(self, out_features: int, comparison: str, block: tuple[int, int]) -> int:

@@ -31,7 +31,6 @@ from prunelight.importance.criteria import sparsegpt  # noqa: E402,F401
 # isort: on
 from prunelight.importance.criteria.fluctuation import fluctuation_elements  # noqa: E402
 from prunelight.importance.criteria.magnitude import magnitude_elements  # noqa: E402
-from prunelight.importance.criteria.taylor import taylor_group_scores  # noqa: E402
 from prunelight.importance.criteria.wanda import wanda_elements  # noqa: E402
 
 CriterionName = Literal[tuple(CRITERIA)]  # type: ignore[valid-type]
@@ -46,6 +45,5 @@ __all__ = [
     "magnitude_elements",
     "register",
     "sparse_criteria",
-    "taylor_group_scores",
     "wanda_elements",
 ]

@@ -10,16 +10,14 @@ per projection, which by default zeroes the lowest :meth:`Criterion.element_scor
 from __future__ import annotations
 
 from abc import ABC
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
 from prunelight.errors import ConfigError
+from prunelight.importance.evidence import LayerEvidence
 from prunelight.importance.groups import group_sum
 from prunelight.models.projections import KIND_PROJECTIONS
-
-if TYPE_CHECKING:
-    from prunelight.importance.scoring import LayerEvidence
 
 
 class InputNorms(Protocol):
@@ -29,8 +27,22 @@ class InputNorms(Protocol):
     def input_norm(self, projection: str) -> torch.Tensor: ...
 
 
-class LayerMask(Protocol):
-    """What mask pruning asks one projection to lose (:class:`~prunelight.apply.sparse.LayerPattern`)."""
+class ProjectionPattern(Protocol):
+    """What mask pruning asks one projection to lose (:class:`~prunelight.apply.sparse.LayerPattern`, which
+    sits in apply/ and so is only described here): the settings a pruning method reads, and the pattern's
+    mask of element scores."""
+
+    sparsity: float
+    comparison: str
+    n: int
+    m: int
+    block_size: int
+    damping: float
+
+    @property
+    def n_of_m(self) -> bool:
+        """The pattern keeps ``n`` of every ``m`` (the sparsity is ``1 - n/m``, not :attr:`sparsity`)."""
+        ...
 
     def mask(self, scores: torch.Tensor, label: str) -> torch.Tensor: ...
 
@@ -92,7 +104,7 @@ class Criterion(ABC):
         weight: torch.Tensor,
         inputs: InputNorms | None,
         projection: str,
-        pattern: LayerMask,
+        pattern: ProjectionPattern,
         label: str,
     ) -> torch.Tensor:
         """Zero ``weight`` in place where ``pattern`` drops the lowest element scores; return the mask."""

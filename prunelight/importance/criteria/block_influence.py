@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from prunelight.importance.criteria.base import Criterion, InputNorms
 from prunelight.importance.criteria.magnitude import magnitude_elements
 from prunelight.importance.criteria.registry import register
-
-if TYPE_CHECKING:
-    from prunelight.importance.scoring import LayerEvidence
+from prunelight.importance.evidence import LayerEvidence
 
 
 @register

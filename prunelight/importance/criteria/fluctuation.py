@@ -3,16 +3,12 @@ energy of the weight column that reads it. Only those two projections are scored
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from prunelight.importance.criteria.base import Criterion
 from prunelight.importance.criteria.registry import register
+from prunelight.importance.evidence import LayerEvidence
 from prunelight.importance.groups import group_sum
-
-if TYPE_CHECKING:
-    from prunelight.importance.scoring import LayerEvidence
 
 
 def fluctuation_elements(weight: torch.Tensor, input_variance: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from prunelight.importance.criteria.base import Criterion, InputNorms
 from prunelight.importance.criteria.registry import register
+from prunelight.importance.evidence import LayerEvidence
 from prunelight.importance.groups import group_sum
-
-if TYPE_CHECKING:
-    from prunelight.importance.scoring import LayerEvidence
 
 
 def magnitude_elements(weight: torch.Tensor, norm: int = 1) -> torch.Tensor:

@@ -4,18 +4,13 @@ sparsegpt_prune`, a tensor-only algorithm module)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from prunelight.apply.sparsegpt import sparsegpt_prune
 from prunelight.errors import ConfigError
-from prunelight.importance.criteria.base import Criterion
+from prunelight.importance.criteria.base import Criterion, ProjectionPattern
 from prunelight.importance.criteria.registry import register
-
-if TYPE_CHECKING:
-    from prunelight.apply.sparse import LayerPattern
-    from prunelight.importance.inputs import LayerInputs
+from prunelight.importance.inputs import LayerInputs
 
 
 @register
@@ -36,11 +31,11 @@ class SparseGPT(Criterion):
         weight: torch.Tensor,
         inputs: LayerInputs | None,
         projection: str,
-        pattern: LayerPattern,
+        pattern: ProjectionPattern,
         label: str,
     ) -> torch.Tensor:
         assert inputs is not None
-        nm = pattern.sparse_pattern.n_of_m
+        nm = pattern.n_of_m
         new, keep = sparsegpt_prune(
             weight,
             inputs.hessian(projection),
