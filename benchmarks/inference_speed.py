@@ -26,9 +26,9 @@ from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.loops import calibrate
 from prunelight.models import adapter_for
+from prunelight.models.projections import PROJECTIONS
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.patterns import nm_mask
 from prunelight.trainer import PrunelightTrainer

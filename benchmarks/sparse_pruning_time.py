@@ -49,9 +49,10 @@ from diagnostics_overhead import build_model  # noqa: E402
 
 from prunelight.apply.sparse import LayerPattern, measure_sparsity, projection_sizes, prune_layer  # noqa: E402
 from prunelight.calibration.sequential import Captured, Catchers, prune_sequentially  # noqa: E402
-from prunelight.importance.inputs import PROJECTIONS, LayerInputs  # noqa: E402
+from prunelight.importance.inputs import LayerInputs  # noqa: E402
 from prunelight.measure import peak_memory, reset_peak_memory  # noqa: E402
 from prunelight.models import adapter_for  # noqa: E402
+from prunelight.models.projections import PROJECTIONS  # noqa: E402
 from prunelight.save.semi_structured import is_two_four, to_semi_structured  # noqa: E402
 
 METHODS = [

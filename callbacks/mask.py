@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.models.adapters import adapter_for
+from prunelight.models.projections import PROJECTIONS
 
 _Target = tuple[str, nn.Parameter, torch.Tensor]
 

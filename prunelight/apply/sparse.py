@@ -1,9 +1,10 @@
 """Apply a sparse pattern to one decoder layer's projections, and measure what the weights reached.
 
-Scores (magnitude ``|W|`` or Wanda ``|W| * ||X_j||``) come from the weights and the layer's input statistics;
-SparseGPT instead prunes and reconstructs each weight from the layer's Hessian
-(:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights afterwards, never taken from
-what was asked for.
+What happens to each projection is the criterion object's (:meth:`~prunelight.importance.criteria.base.
+Criterion.prune`): magnitude and Wanda score the elements and the pattern object (:mod:`prunelight.apply.
+patterns`) turns the scores into a mask; SparseGPT instead prunes and reconstructs each weight from the
+layer's Hessian (:mod:`prunelight.apply.sparsegpt`). Sparsity is always *measured* on the weights
+afterwards, never taken from what was asked for.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelight.apply.sparsegpt import sparsegpt_prune
-from prunelight.importance.criteria import magnitude_elements, wanda_elements
-from prunelight.importance.inputs import PROJECTIONS, LayerInputs
+from prunelight.apply.patterns import SparsePattern, pattern_named
+from prunelight.importance.criteria import criterion_info
+from prunelight.importance.inputs import LayerInputs
 from prunelight.models.adapters import FamilyAdapter, LayerModules
-from prunelight.ranking.patterns import block_mask, nm_mask, tiles_then_singles, unstructured_mask
+from prunelight.models.projections import PROJECTIONS
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,26 @@ class LayerPattern:
             return self
         return dataclasses.replace(self, sparsity=self.projections[projection], projections=None)
 
+    @property
+    def sparse_pattern(self) -> SparsePattern:
+        """The registered pattern object called :attr:`pattern`."""
+        return pattern_named(self.pattern)
+
+    @property
+    def n_of_m(self) -> bool:
+        """The pattern keeps ``n`` of every ``m``: its sparsity is ``1 - n/m``, not :attr:`sparsity`."""
+        return self.sparse_pattern.n_of_m
+
+    def mask(self, scores: torch.Tensor, label: str) -> torch.Tensor:
+        """The keep mask this pattern cuts from one projection's element ``scores``."""
+        return self.sparse_pattern.mask(scores, self, label)
+
 
 def element_scores(
     weight: torch.Tensor, criterion: str, inputs: LayerInputs | None, projection: str
 ) -> torch.Tensor:
-    """Per-element importance of ``projection``'s weight (float32)."""
-    if criterion == "magnitude":
-        return magnitude_elements(weight)
-    assert criterion == "wanda" and inputs is not None, criterion
-    return wanda_elements(weight, inputs.input_norm(projection))
+    """Per-element importance of ``projection``'s weight (float32) by the criterion called ``criterion``."""
+    return criterion_info(criterion).element_scores(weight, inputs, projection)
 
 
 def prune_layer(
@@ -66,6 +78,7 @@ def prune_layer(
     """Zero (SparseGPT: zero and reconstruct) ``modules``' weights in place; return the keep masks."""
     masks = {}
     layer_pattern = pattern
+    criterion = criterion_info(layer_pattern.criterion)
     for name in PROJECTIONS:
         pattern = layer_pattern.of(name)
         weight = getattr(modules, name).weight
@@ -73,38 +86,8 @@ def prune_layer(
         if pattern.sparsity == 0:  # a protected layer (N:M layers carry 1 - n/m)
             continue
         with torch.no_grad():
-            if pattern.criterion == "sparsegpt":
-                assert inputs is not None
-                nm = pattern.pattern == "nm"
-                new, keep = sparsegpt_prune(
-                    weight,
-                    inputs.hessian(name),
-                    sparsity=None if nm else pattern.sparsity,
-                    n=pattern.n if nm else None,
-                    m=pattern.m if nm else None,
-                    comparison=pattern.comparison,
-                    block_size=pattern.block_size,
-                    damping=pattern.damping,
-                )
-                weight.copy_(new)
-            else:
-                scores = element_scores(weight, pattern.criterion, inputs, name)
-                keep = _mask(scores, pattern, label)
-                weight.mul_(keep)
-        masks[name] = keep
+            masks[name] = criterion.prune(weight, inputs, name, pattern, label)
     return masks
-
-
-def _mask(scores: torch.Tensor, pattern: LayerPattern, label: str) -> torch.Tensor:
-    if pattern.pattern == "unstructured":
-        return unstructured_mask(scores, pattern.sparsity, pattern.comparison)
-    if pattern.pattern == "nm":
-        return nm_mask(scores, pattern.n, pattern.m, label)
-    if pattern.pattern == "block":
-        return block_mask(scores, pattern.sparsity, pattern.block, label)
-    if pattern.pattern == "hybrid":
-        return tiles_then_singles(scores, pattern.tile_sparsity, pattern.sparsity, pattern.block)
-    raise AssertionError(pattern.pattern)
 
 
 def projection_sizes(model: nn.Module, adapter: FamilyAdapter) -> list[dict[str, int]]:
@@ -119,18 +102,13 @@ def removal_units(
     model: nn.Module, adapter: FamilyAdapter, pattern: str, comparison: str, block: tuple[int, int]
 ) -> list[dict[str, int]]:
     """The granularity in which ``pattern`` removes weights of each projection (see ``projection_counts``)."""
+    shape = pattern_named(pattern)
     units = []
     for layer in adapter.decoder_layers(model):
         modules = adapter.modules(layer)
         row = {}
         for name in PROJECTIONS:
-            out_features = getattr(modules, name).weight.shape[0]
-            if pattern == "unstructured":
-                row[name] = out_features if comparison == "row" else 1
-            elif pattern == "block":
-                row[name] = block[0] * block[1]
-            else:
-                row[name] = 1
+            row[name] = shape.removal_unit(getattr(modules, name).weight.shape[0], comparison, block)
         units.append(row)
     return units
 

@@ -13,8 +13,8 @@ import statistics as stats
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from prunelight.diagnostics.gradients import KINDS
 from prunelight.diagnostics.statistics import series
+from prunelight.importance.gradients import KINDS
 
 SCHEMA_ID = "prunelight/gradient_diagnosis/1"
 

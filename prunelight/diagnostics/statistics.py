@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from prunelight.diagnostics.gradients import KINDS
+from prunelight.importance.gradients import KINDS
 from prunelight.ranking import RankingResult
 from prunelight.ranking.table import GroupTable
 

@@ -14,8 +14,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.models.adapters import adapter_for
+from prunelight.models.projections import PROJECTIONS
 
 
 @dataclass

@@ -2,5 +2,6 @@
 
 from prunelight.importance.accumulator import Calibrated, ImportanceAccumulator
 from prunelight.importance.criteria import CRITERIA, criterion_info
+from prunelight.importance.statistics import LayerStatistics
 
-__all__ = ["CRITERIA", "Calibrated", "ImportanceAccumulator", "criterion_info"]
+__all__ = ["CRITERIA", "Calibrated", "ImportanceAccumulator", "LayerStatistics", "criterion_info"]

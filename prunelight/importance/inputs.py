@@ -14,10 +14,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from prunelight.models.adapters import LayerModules
-
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-INPUT_OF = {"q": "q", "k": "q", "v": "q", "o": "o", "gate": "gate", "up": "gate", "down": "down"}
-"""The projection whose input hook holds the statistic a projection reads."""
+from prunelight.models.projections import INPUT_OF
 
 
 class LayerInputs:

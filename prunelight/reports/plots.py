@@ -25,8 +25,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator
 
-from prunelight.diagnostics.gradients import KINDS
 from prunelight.diagnostics.statistics import series
+from prunelight.importance.gradients import KINDS
 
 SIZES: dict[str, tuple[int, int]] = {
     "gradient_analysis": (1200, 1400),

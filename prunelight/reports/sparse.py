@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelight.diagnostics.schema import load
-from prunelight.importance.inputs import PROJECTIONS
+from prunelight.models.projections import PROJECTIONS
 from prunelight.reports import plots
 from prunelight.reports.recovery import recovery_section
 from prunelight.reports.summary import zero_shot_lines

@@ -15,8 +15,8 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from prunelight.diagnostics.gradients import KINDS, STATISTICS
 from prunelight.diagnostics.layers import layer_rate
+from prunelight.importance.gradients import KINDS, STATISTICS
 
 FOLDER = Path("tb") / "diagnostics"
 STAGES = ("raw", "normalized", "block", "layer")

@@ -21,8 +21,6 @@ from prunelight.models.adapters import FamilyAdapter, adapter_for
 LAYERS_ATTRIBUTE = "prunelight_layers"
 """Config attribute holding one :meth:`LayerSizes.to_dict` per decoder layer."""
 
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-
 _HEAD_COUNT_ATTRIBUTES = {
     "num_heads": "num_attention_heads",
     "num_attention_heads": "num_attention_heads",

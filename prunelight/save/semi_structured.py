@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.models.adapters import FamilyAdapter
+from prunelight.models.projections import PROJECTIONS
 
 
 def is_two_four(weight: torch.Tensor) -> bool:

@@ -183,7 +183,7 @@ def check_splits(
 def check_sparse(module: Any, sparsity: SparsitySettings, ranking: RankingConfig) -> None:
     """The target within the ranking's per-layer limits; N:M groups and whole tiles dividing every
     projection they prune (a layer the limits leave unpruned is skipped, as the stage skips it)."""
-    from prunelight.importance.inputs import PROJECTIONS
+    from prunelight.models.projections import PROJECTIONS
     from prunelight.ranking.patterns import check_nm
     from prunelight.ranking.rank import layer_constraints
     from prunelight.ranking.sparsity import allocate_sparsity, layer_bounds

@@ -12,6 +12,7 @@ from typing import Literal
 
 import lightning as L
 
+from prunelight.apply.patterns import PatternName, SparsePattern, pattern_named
 from prunelight.callbacks.overfitting import MonitorSettings
 from prunelight.data.corpora import CorpusSpec
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
@@ -19,7 +20,7 @@ from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
-from prunelight.importance.criteria import Criterion
+from prunelight.importance.criteria import CRITERIA, CriterionName, sparse_criteria
 from prunelight.ranking import RankingConfig
 
 
@@ -37,7 +38,7 @@ class ImportanceSettings:
             benchmarks/diagnostics_overhead.py).
     """
 
-    criterion: Criterion = "taylor"
+    criterion: CriterionName = "taylor"
     aggregation: Literal["batch", "sample"] = "batch"
     magnitude_norm: Literal[1, 2] = 1
     gradient_statistics: bool = True
@@ -81,10 +82,6 @@ class EvaluationSettings:
             raise ConfigError(f"evaluation.batch_size must be at least 1, got {self.batch_size}")
 
 
-SparsePattern = Literal["unstructured", "nm", "block", "hybrid"]
-SPARSE_CRITERIA = ("magnitude", "wanda", "sparsegpt")
-
-
 @dataclass
 class SparsitySettings:
     """Mask pruning (DESIGN: Sparse (mask) pruning); when given, ``prune`` zeroes weights instead of
@@ -117,7 +114,7 @@ class SparsitySettings:
             PyTorch's semi-structured sparse format (the saved checkpoint stays a normal one).
     """
 
-    pattern: SparsePattern = "unstructured"
+    pattern: PatternName = "unstructured"
     sparsity: float | None = None
     comparison: Literal["row", "layer"] = "row"
     n: int = 2
@@ -139,23 +136,9 @@ class SparsitySettings:
         self.check()
 
     def check(self) -> None:
-        from prunelight.ranking.patterns import check_block, check_nm, check_sparsity
+        from prunelight.ranking.patterns import check_block
 
-        if self.pattern not in ("unstructured", "nm", "block", "hybrid"):
-            raise ConfigError(f"pattern must be unstructured, nm, block or hybrid, got {self.pattern!r}")
-        if self.pattern == "nm":
-            check_nm(self.n, self.m)
-            if self.sparsity is not None and abs(self.sparsity - self.target) > 1e-9:
-                raise ConfigError(
-                    f"pattern nm with n={self.n}, m={self.m} fixes the sparsity at {self.target}, but "
-                    f"sparsity={self.sparsity} was given; leave sparsity out (null) or change n/m"
-                )
-            if self.allocation != "uniform":
-                raise ConfigError("N:M fixes every layer's sparsity at 1 - n/m; use allocation: uniform")
-        elif self.sparsity is None:
-            raise ConfigError(f"pattern {self.pattern} needs sparsity.sparsity in [0, 1), e.g. 0.5")
-        else:
-            check_sparsity(self.sparsity)
+        pattern_named(self.pattern).check(self)
         check_block(self.block)
         if self.comparison not in ("row", "layer"):
             raise ConfigError(f"comparison must be 'row' or 'layer', got {self.comparison!r}")
@@ -191,26 +174,24 @@ class SparsitySettings:
             )
 
     @property
+    def sparse_pattern(self) -> SparsePattern:
+        """The registered pattern object called :attr:`pattern` (what it needs, how it masks)."""
+        return pattern_named(self.pattern)
+
+    @property
     def target(self) -> float:
-        """The overall sparsity: ``sparsity``, or ``1 - n/m`` for N:M."""
-        return 1.0 - self.n / self.m if self.pattern == "nm" else float(self.sparsity or 0.0)
+        """The overall sparsity: ``sparsity``, or what the pattern fixes (``1 - n/m`` for N:M)."""
+        return self.sparse_pattern.target(self)
 
     def check_criterion(self, criterion: str) -> None:
-        if criterion not in SPARSE_CRITERIA:
+        """Refuse a criterion that cannot prune single weights, or not with these settings."""
+        scorer = CRITERIA.get(criterion)
+        if scorer is None or not scorer.sparse:
             raise ConfigError(
                 f"criterion {criterion!r} scores structures; sparse patterns take "
-                f"{', '.join(SPARSE_CRITERIA)} (set importance.criterion)"
+                f"{', '.join(sparse_criteria())} (set importance.criterion)"
             )
-        if criterion == "sparsegpt" and self.pattern not in ("unstructured", "nm"):
-            raise ConfigError(
-                f"sparsegpt reconstructs weights for unstructured and nm patterns, not {self.pattern}; "
-                "use wanda or magnitude for block and hybrid"
-            )
-        if criterion == "sparsegpt" and self.calibration != "sequential":
-            raise ConfigError(
-                "sparsegpt reconstructs each layer from the outputs of the already pruned layers before it; "
-                "set sparsity.calibration: sequential"
-            )
+        scorer.check_sparse(self.pattern, self.calibration)
 
 
 @dataclass

@@ -31,10 +31,12 @@ from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, LayerInputsCallback, sum_across_ranks
 from prunelight.diagnostics.layers import layer_report
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS, LayerInputs
+from prunelight.importance.criteria import criterion_info
+from prunelight.importance.inputs import LayerInputs
 from prunelight.io import write_json
 from prunelight.loops import calibrate, run_calibration
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.projections import PROJECTIONS
 from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig, rank
 from prunelight.ranking.rank import layer_constraints
@@ -83,7 +85,7 @@ def prune_sparse(
     calibration: dict[str, Any] = {"criterion": criterion, "passes": []}
 
     start = time.perf_counter()
-    if sparsity.pattern == "hybrid" and sparsity.structures_share > 0:
+    if sparsity.sparse_pattern.structures and sparsity.structures_share > 0:
         callback = ImportanceCallback(criterion, gradient_statistics=False, input_means=compensation)
         calibrated = calibrate(trainer, module, datamodule, callback)
         calibration["passes"].append("structured tier (one pass)")
@@ -96,13 +98,13 @@ def prune_sparse(
             write_json(analysis / "layer_report.json", layer_report(calibrated.table, structured))
 
     one_pass: list[LayerInputs] | None = None
-    if sparsity.allocation == "owl" and criterion != "magnitude":
+    if sparsity.allocation == "owl" and criterion_info(criterion).needs_layer_inputs:
         one_pass = _one_pass(trainer, module, datamodule, hessian=False)
         calibration["passes"].append("OWL outlier ratios (one pass)")
     ratios, layer_sparsity, projections = _layer_targets(
         model, adapter, dense_sizes, sparsity, ranking, one_pass
     )
-    needs_inputs = criterion != "magnitude"
+    needs_inputs = criterion_info(criterion).needs_layer_inputs
     tier_fraction = (
         sparsity.blocks_share / (1.0 - sparsity.structures_share) if sparsity.structures_share < 1 else 0.0
     )
@@ -145,7 +147,7 @@ def prune_sparse(
             adapter,
             capture.result,
             prune,
-            hessian=criterion == "sparsegpt",
+            hessian=criterion_info(criterion).needs_hessian,
             reduce_sum=sum_across_ranks(trainer),
             progress=trainer.is_global_zero,
         )
@@ -155,7 +157,7 @@ def prune_sparse(
         calibration.update(datamodule.describe())
     calibration.update(seconds=seconds["pruning"], **peak_memory(device))
 
-    block = sparsity.block if sparsity.pattern in ("block", "hybrid") else None
+    block = sparsity.block if sparsity.sparse_pattern.tiles else None
     measured = measure_sparsity(model, adapter, dense_sizes, block)
     for entry, asked in zip(measured["layers"], layer_sparsity, strict=True):
         entry["target"] = asked if structured is None else None
@@ -243,7 +245,7 @@ def _layer_targets(
         ]
         raw = owl_sparsities(ratios, rest, sparsity.owl_lambda)
     bounds = layer_bounds(layer_constraints(ranking, len(sizes)), len(sizes))
-    if sparsity.pattern == "nm":
+    if sparsity.sparse_pattern.n_of_m:
         return ratios, [0.0 if high == 0 else target for _, high in bounds], [None] * len(sizes)
     layer_sparsity = allocate_sparsity(raw, sizes, rest, bounds)
     units = removal_units(model, adapter, sparsity.pattern, sparsity.comparison, sparsity.block)
@@ -285,7 +287,7 @@ def _layer_scores(
 
 
 def _check_semi_structured(sparsity: SparsitySettings, trainer: L.Trainer) -> None:
-    if sparsity.pattern != "nm" or (sparsity.n, sparsity.m) != (2, 4):
+    if not sparsity.sparse_pattern.n_of_m or (sparsity.n, sparsity.m) != (2, 4):
         raise ConfigError("semi_structured converts 2:4 layers only; set pattern: nm, n: 2, m: 4")
     if trainer.strategy.root_device.type != "cuda":
         raise ConfigError(

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.importance import kernels
-from prunelight.importance.criteria import ROW_PROJECTIONS, taylor_group_scores
+from prunelight.importance.kernels import taylor_group_scores
 from prunelight.loops import calibrate
+from prunelight.models.projections import ROW_PROJECTIONS
 from prunelight.trainer import PrunelightTrainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # compiled on a GPU, interpreted on the CPU

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.mask import MaskCallback
 from prunelight.errors import ConfigError
-from prunelight.importance.inputs import PROJECTIONS
 from prunelight.main import main
+from prunelight.models.projections import PROJECTIONS
 from prunelight.ranking import RankingConfig
 from prunelight.stages.settings import ImportanceSettings, SparsitySettings
 from prunelight.trainer import PrunelightTrainer
