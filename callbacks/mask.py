@@ -4,7 +4,7 @@ Sparse pruning zeroes single weights of the seven projections of every decoder l
 step moves those zeros again (the gradient at a pruned position is not zero), and a LoRA merge adds the
 dense ``B @ A`` on top of them, so the masks have to be enforced after each of these: after every
 optimiser step for full fine-tuning, and after the merge for LoRA ("so sparsity survives LoRA (merge,
-then mask)", DESIGN).
+then mask)", docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Structured removal: make the Linear modules of a causal LM physically smaller, as a plan says.
 
-The removed units are those of DESIGN "Prunable groups (structured)": attention groups (one key/value head
+The removed units are those of docs/design.md "Prunable groups": attention groups (one key/value head
 and the query heads that share it), MLP channels and whole decoder layers. Removing whole groups keeps
 ``num_key_value_groups`` constant, so the stock attention code runs on the smaller modules. Module names
 come from the family adapter only.

@@ -1,9 +1,10 @@
 """Which modules LoRA adapts, named the way the family adapter names them.
 
-A user asks for ``q, k, v, o, gate, up, down`` (the projections of DESIGN's prunable groups) and this module
-turns them into the exact module names of one model, so a pruned model with per-layer sizes, a Qwen2 with
-biased q/k/v or a Gemma with its own layout all get the same adapters from the same YAML. Names that are not
-projections (``lm_head``, a family-specific module) are accepted as module-name suffixes, as peft does.
+A user asks for ``q, k, v, o, gate, up, down`` (the projections of the prunable groups, docs/design.md) and
+this module turns them into the exact module names of one model, so a pruned model with per-layer sizes, a
+Qwen2 with biased q/k/v or a Gemma with its own layout all get the same adapters from the same YAML. Names
+that are not projections (``lm_head``, a family-specific module) are accepted as module-name suffixes, as peft
+does.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ class ImportanceAccumulator:
         adapter: its family adapter (the only source of module names).
         criterion: one of :data:`~prunelight.importance.criteria.CRITERIA`.
         magnitude_norm: 1 (sum of |W|) or 2 (L2 norm) for ``magnitude``.
-        gradient_statistics: with a gradient criterion, also keep per-layer gradient statistics (DESIGN:
-            Diagnostics); three extra reductions per weight gradient.
+        gradient_statistics: with a gradient criterion, also keep per-layer gradient statistics
+            (docs/design.md: Diagnostics); three extra reductions per weight gradient.
         input_means: also keep the o/down input means that FLAP bias compensation folds into the biases
             (two reductions per layer and window; off unless compensation will use them).
 

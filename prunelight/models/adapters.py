@@ -97,7 +97,8 @@ class FamilyAdapter:
         )
 
     def layout(self, config: Any) -> AttentionLayout:
-        """The uniform layout a stock config describes (a pruned model's layers may differ, see DESIGN)."""
+        """The uniform layout a stock config describes (a pruned model's layers may differ: docs/design.md,
+        Application and saving)."""
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

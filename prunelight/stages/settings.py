@@ -26,7 +26,7 @@ from prunelight.ranking import RankingConfig
 
 @dataclass
 class ImportanceSettings:
-    """How groups are scored (DESIGN: Importance criteria).
+    """How groups are scored (docs/design.md: Importance criteria).
 
     Attributes:
         criterion: magnitude, taylor, taylor2, wanda, fluctuation or block_influence.
@@ -84,7 +84,7 @@ class EvaluationSettings:
 
 @dataclass
 class SparsitySettings:
-    """Mask pruning (DESIGN: Sparse (mask) pruning); when given, ``prune`` zeroes weights instead of
+    """Mask pruning (docs/design.md: Sparse (mask) pruning); when given, ``prune`` zeroes weights instead of
     removing structures (``hybrid`` does both). The scores are ``importance.criterion``: magnitude, wanda or
     sparsegpt. Per-layer limits come from the ``ranking`` section (``min_rate``, ``max_rate``,
     ``first_layers``, ``first_layers_max_rate``, ``protected_layers``), read as bounds of a layer's sparsity.

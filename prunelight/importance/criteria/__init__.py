@@ -1,4 +1,4 @@
-"""Importance criteria (DESIGN: Importance criteria): one small class per module, registered by name.
+"""Importance criteria (docs/design.md: Importance criteria): one small class per module, registered by name.
 
 Each criterion says what it needs (its class attributes: gradients, input statistics, a Hessian, sequential
 calibration, the sparse patterns it supports) and scores from it (:class:`~prunelight.importance.criteria.
