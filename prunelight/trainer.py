@@ -29,6 +29,7 @@ from prunelight.stages.settings import (
     ImportanceSettings,
     PipelineSettings,
     PruneSettings,
+    ReconstructionSettings,
     RecoverySettings,
     SparsitySettings,
 )
@@ -78,6 +79,7 @@ class PrunelightTrainer(L.Trainer):
         save_model: bool = True,
         diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
         sparsity: SparsitySettings | None = None,
+        reconstruction: ReconstructionSettings = ReconstructionSettings(),  # noqa: B008
     ) -> dict[str, Any]:
         """Calibrate, rank, remove, evaluate and save (docs/design.md: Data flow), into ``default_root_dir``.
 
@@ -92,12 +94,15 @@ class PrunelightTrainer(L.Trainer):
             diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
             sparsity: zero weights in a sparse pattern (unstructured, N:M, blocks, or the hybrid) instead of
                 removing structures; None prunes structures.
+            reconstruction: refit each layer's kept o/down columns after its cut (``method: lsq``).
         """
         return run_prune(
             self,
             model,
             datamodule,
-            PruneSettings(importance, ranking, compensation, evaluation, save_model, diagnosis, sparsity),
+            PruneSettings(
+                importance, ranking, compensation, evaluation, save_model, diagnosis, sparsity, reconstruction
+            ),
         )
 
     def finetune(
@@ -150,6 +155,7 @@ class PrunelightTrainer(L.Trainer):
         training: TrainingSettings = TrainingSettings(),  # noqa: B008
         recovery: RecoverySettings = RecoverySettings(),  # noqa: B008
         finetune_data: L.LightningDataModule | None = None,
+        reconstruction: ReconstructionSettings = ReconstructionSettings(),  # noqa: B008
     ) -> dict[str, Any]:
         """prune -> evaluate -> fine-tune -> evaluate, into one results folder with one ``summary.md`` table
         (dense / pruned / recovered: parameters, perplexities, zero-shot accuracies).
@@ -160,6 +166,8 @@ class PrunelightTrainer(L.Trainer):
         on the pruned model in memory; ``trainer`` settings (``max_steps``, ``accumulate_grad_batches``,
         ``precision``, ``val_check_interval``) apply to it.
         """
-        prune = PruneSettings(importance, ranking, compensation, evaluation, True, diagnosis, sparsity)
+        prune = PruneSettings(
+            importance, ranking, compensation, evaluation, True, diagnosis, sparsity, reconstruction
+        )
         settings = PipelineSettings(prune, lora, training, recovery, finetune_data)
         return run_pipeline(self, model, datamodule, settings)

@@ -45,6 +45,7 @@ def summary_markdown(
         f"- ranking: `{json.dumps(report['ranking'])}`",
         f"- tau used: `{json.dumps(layers['tau'])}`",
         f"- compensation: {report['compensation']}",
+        *_reconstruction_lines(report.get("reconstruction")),
         f"- calibration: {report['calibration']['nsamples']} x {report['calibration']['seqlen']} tokens from "
         f"{report['calibration']['corpora']} ({report['calibration']['split']}), "
         f"{report['calibration']['seconds']:.1f} s",
@@ -102,3 +103,23 @@ def zero_shot_lines(report: dict[str, Any]) -> list[str]:
         if measured.get(which)
     ]
     return ["", *results_table(rows), "", *zero_shot_note(rows)] if rows else []
+
+
+def _reconstruction_lines(reconstruction: dict[str, Any] | None) -> list[str]:
+    """The repair after the cut and what it did to the layers' output errors (runs before it: nothing)."""
+    if not reconstruction or reconstruction.get("method", "none") == "none":
+        return [] if reconstruction is None else ["- reconstruction: none"]
+    parts = []
+    for name, label in (("o", "o_proj"), ("down", "down_proj")):
+        error = (reconstruction.get("mean_error") or {}).get(name)
+        if error:
+            parts.append(
+                f"{label} {error['before']:.4f} -> {error['after']:.4f} over {error['layers']} layers"
+            )
+    measured = (
+        f"; mean relative output error of the repaired projections: {', '.join(parts)}" if parts else ""
+    )
+    return [
+        f"- reconstruction: {reconstruction['method']} (damping {reconstruction['damping']}){measured} "
+        "(analysis/reconstruction.json)"
+    ]

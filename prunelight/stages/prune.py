@@ -17,17 +17,24 @@ import torch
 
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.calibration.reconstruct import (
+    reconstruct_sequentially,
+    reconstruction_named,
+    reconstruction_summary,
+)
 from prunelight.callbacks.importance import ImportanceCallback
+from prunelight.callbacks.layer_inputs import CaptureCallback, sum_across_ranks
 from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
-from prunelight.loops import calibrate
+from prunelight.loops import calibrate, run_calibration
 from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.sharding import is_sharded, refuse_sharding, unsharded_copy
 from prunelight.ranking import rank
+from prunelight.ranking.plan import PruningPlan
 from prunelight.reports import write_diagnostics
 from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
@@ -78,6 +85,8 @@ def prune_structures(
             "section (sparsity.pattern: unstructured or nm) or pick a structured criterion"
         )
     check_zero_shot(evaluation)
+    if settings.reconstruction.enabled:
+        refuse_sharding(trainer.strategy, "reconstruction (each layer is refit on the whole model)")
     if evaluation is not None and evaluation.zero_shot is not None:
         refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
     run_dir = Path(trainer.default_root_dir)
@@ -114,7 +123,11 @@ def prune_structures(
     sharded = is_sharded(module.model)
     model = _unsharded(module, trainer.is_global_zero, seconds)
     start = time.perf_counter()
-    if model is not None:
+    repair = None
+    if settings.reconstruction.enabled:
+        repair = _reconstruct(trainer, module, datamodule, result.plan, settings)
+        seconds["reconstruction"] = time.perf_counter() - start
+    elif model is not None:
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         apply_plan(model, result.plan, compensation=means if compensation else None)
     seconds["apply"] = time.perf_counter() - start
@@ -148,10 +161,13 @@ def prune_structures(
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
         "diagnosis": vars(diagnosis),
+        "reconstruction": {**vars(settings.reconstruction), **reconstruction_summary(repair)},
         "seconds": seconds,
     }
     if trainer.is_global_zero:
         write_json(analysis / "plan.json", result.to_dict())
+        if repair is not None:
+            write_json(analysis / "reconstruction.json", {**vars(settings.reconstruction), "layers": repair})
         write_json(analysis / "layer_report.json", layer_report(calibrated.table, result))
         write_json(analysis / "calibration.json", calibration)
         statistics = gradient_statistics(
@@ -170,6 +186,26 @@ def prune_structures(
         write_diagnostics(run_dir)  # diagnosis, plots, TensorBoard, and summary.md last
     trainer.strategy.barrier()
     return report
+
+
+def _reconstruct(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: Any, plan: PruningPlan, settings: PruneSettings
+) -> list[dict[str, Any]]:
+    """Capture the first layer's calibration inputs, then remove ``plan`` layer by layer with the repair."""
+    capture = CaptureCallback(settings.reconstruction.offload_inputs)
+    run_calibration(trainer, module, datamodule, capture)
+    assert capture.result is not None and module.model is not None
+    return reconstruct_sequentially(
+        module.model,
+        module.adapter,
+        capture.result,
+        plan,
+        reconstruction_named(settings.reconstruction.method),
+        settings.reconstruction.damping,
+        settings.compensation,
+        reduce_sum=sum_across_ranks(trainer),
+        progress=trainer.is_global_zero,
+    )
 
 
 def _save(

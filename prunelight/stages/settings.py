@@ -13,6 +13,7 @@ from typing import Literal
 import lightning as L
 
 from prunelight.apply.patterns import PatternName, SparsePattern, pattern_named
+from prunelight.calibration.reconstruct import ReconstructionName, reconstruction_named
 from prunelight.callbacks.overfitting import MonitorSettings
 from prunelight.data.corpora import CorpusSpec
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
@@ -221,6 +222,35 @@ class RecoverySettings:
             )
 
 
+@dataclass
+class ReconstructionSettings:
+    """Repair after a structured cut (docs/pruning.md: Reconstruction): each layer's kept o_proj and
+    down_proj columns are refit, layer by layer, to the dense layer's outputs on the calibration windows.
+
+    Attributes:
+        method: ``none`` (the kept weights stay as they are) or ``lsq`` (least squares, ridge toward the
+            original weights; with ``compensation`` or an existing bias, the bias is the fitted intercept).
+        damping: ridge strength, a fraction of the mean diagonal of the inputs' second moment; raise it when
+            a layer's inputs are (nearly) linearly dependent.
+        offload_inputs: keep the captured layer inputs in CPU memory (calibration sets whose activations do
+            not fit next to the model).
+    """
+
+    method: ReconstructionName = "none"
+    damping: float = 0.01
+    offload_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method != "none":
+            reconstruction_named(self.method)
+        if not self.damping >= 0:
+            raise ConfigError(f"reconstruction.damping must be >= 0, got {self.damping}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+
 @dataclass(frozen=True)
 class PruneSettings:
     """Everything the ``prune`` stage takes besides its model and calibration data.
@@ -234,6 +264,7 @@ class PruneSettings:
         save_model: write ``pruned_model/``.
         diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
         sparsity: zero weights in a sparse pattern instead of removing structures; None prunes structures.
+        reconstruction: refit what each layer keeps after its cut (structured pruning only).
     """
 
     importance: ImportanceSettings = field(default_factory=ImportanceSettings)
@@ -243,6 +274,15 @@ class PruneSettings:
     save_model: bool = True
     diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
     sparsity: SparsitySettings | None = None
+    reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None and self.reconstruction.enabled:
+            raise ConfigError(
+                f"reconstruction.method={self.reconstruction.method} repairs structured pruning; a sparse "
+                "run (a sparsity section) reconstructs with importance.criterion: sparsegpt instead; set "
+                "reconstruction.method: none or remove the sparsity section"
+            )
 
 
 @dataclass(frozen=True)

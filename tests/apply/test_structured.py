@@ -8,9 +8,17 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILY_CONFIGS, TINY
+from conftest import (
+    FAMILY_CONFIGS,
+    TINY,
+    WINDOW,
+    logits,
+    make_model,
+    masked,
+    non_uniform_plan,
+    tokens,
+)
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.errors import ConfigError
@@ -19,75 +27,6 @@ from prunelight.ranking import LayerPlan, PruningPlan
 from prunelight.save import read_layer_sizes
 
 FAMILIES = sorted(FAMILY_CONFIGS)
-VOCAB = 128
-SEQ = 24  # longer than the sliding window below, so sliding and full layers differ
-WINDOW = 16
-
-
-def make_model(family: str, layers: int = 2, seed: int = 0, **overrides) -> nn.Module:
-    """A tiny random model whose biases and norm weights are far from their zero/one init.
-
-    Where the family has per-layer attention kinds and a sliding window, the layers alternate sliding and
-    full, so a wrong ``layer_types`` after layer removal changes the logits.
-    """
-    extra = dict(FAMILY_CONFIGS[family])
-    model_type = extra.pop("model_type")
-    kwargs = {**TINY, "num_hidden_layers": layers, **extra, **overrides}
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **kwargs)
-    if (
-        getattr(config, "layer_types", None) is not None
-        and getattr(config, "sliding_window", None) is not None
-    ):
-        kinds = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-        config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **kwargs, layer_types=kinds)
-        config.sliding_window = WINDOW
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 1:  # biases (q/k/v of Qwen2, all of llama here) and norms (q_norm/k_norm)
-                parameter.add_(torch.randn_like(parameter) * 0.5)
-    return model
-
-
-def tokens(batch: int = 2, seq: int = SEQ, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def non_uniform_plan(layers: int = 2, seed: int = 2) -> PruningPlan:
-    """Different groups and channel counts per layer; the last layer keeps everything."""
-    g = torch.Generator().manual_seed(seed)
-    plans = []
-    for i in range(layers):
-        if i == layers - 1:
-            plans.append(LayerPlan(i))
-            continue
-        channels = torch.randperm(TINY["intermediate_size"], generator=g)[: 9 + 7 * i].tolist()
-        plans.append(LayerPlan(i, attention_groups=[(i + 1) % 2], mlp_channels=channels))
-    return PruningPlan(plans)
-
-
-def group_columns(group: int, per_group: int, head_dim: int) -> slice:
-    return slice(group * per_group * head_dim, (group + 1) * per_group * head_dim)
-
-
-def masked(dense: nn.Module, plan: PruningPlan) -> nn.Module:
-    """The dense model with the removed heads' o columns and removed channels' down columns zeroed."""
-    out = copy.deepcopy(dense)
-    adapter = adapter_for(out)
-    layout = adapter.layout(out.config)
-    with torch.no_grad():
-        for layer_plan in plan.layers:
-            m = adapter.modules(adapter.decoder_layers(out)[layer_plan.layer])
-            for g in layer_plan.attention_groups:
-                m.o.weight[:, group_columns(g, layout.num_key_value_groups, layout.head_dim)] = 0
-            m.down.weight[:, layer_plan.mlp_channels] = 0
-    return out
 
 
 def assert_nontrivial_extras(model: nn.Module) -> None:

@@ -1,0 +1,264 @@
+"""Structured pruning with repair: remove a plan layer by layer, refitting what each layer keeps.
+
+After the ranking has chosen what goes, every decoder layer is visited in order on the calibration windows,
+as the layer-by-layer sparse calibration does (:mod:`prunelight.calibration.sequential`): layer ``l`` sees the
+outputs of layers ``0..l-1`` *after* they were pruned and repaired, so its refit also absorbs their error.
+Within a layer the attention goes first: the o_proj inputs are gathered, the kept o_proj columns refit to
+the dense o_proj output (:func:`~prunelight.apply.reconstruction.lsq_refit`), the layer's attention groups
+removed; then the down_proj inputs are gathered *with the pruned attention* (so the MLP repairs what the
+attention cut changed too), the kept down_proj columns refit and the layer's MLP channels removed; last, the
+repaired layer's outputs become the next layer's inputs. One layer's statistics are held at a time (for a
+7B MLP, ``11008^2`` float64 entries, about 1 GB).
+
+An intercept is fitted (the projection gets or keeps a bias) when FLAP compensation is asked for or the
+projection already has a bias: then the refit runs on the covariance and the bias takes the mean's share,
+which with an unchanged ``W_K`` is exactly FLAP's compensation. Whole layers that the plan removes are
+skipped (their input passes on unchanged, as in the pruned model) and removed at the end.
+
+Every statistic is a sum over tokens, so under DDP the all-reduced sums of N ranks equal one process's and
+the ranks compute the same weights.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from prunelight.apply import LayerInputMeans, apply_plan
+from prunelight.apply.reconstruction import ReconstructionError, input_moments, lsq_refit
+from prunelight.calibration.sequential import Captured
+from prunelight.errors import ConfigError
+from prunelight.models.adapters import FamilyAdapter
+from prunelight.ranking.plan import LayerPlan, PruningPlan
+from prunelight.save.layers import head_dim, read_layer_sizes
+
+ReduceSum = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class InputSums:
+    """Sums over calibration tokens of one projection's input ``x``: ``x x^T``, ``x`` and the token count,
+    all in float64."""
+
+    xtx: Tensor
+    total: Tensor
+    tokens: Tensor
+
+    @classmethod
+    def zeros(cls, features: int, device: torch.device) -> InputSums:
+        def z(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=device)
+
+        return cls(z(features, features), z(features), z())
+
+    def add(self, x: Tensor) -> None:
+        # float64 products: the intercept's covariance is S/n - mu mu^T, and where an input's mean is large
+        # against its spread (a biased v_proj feeding o_proj) float32 products leave rounding larger than the
+        # variance itself (measured: a negative eigenvalue a tenth of the mean diagonal on a tiny llama)
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        self.xtx.addmm_(x.T, x)
+        self.total.add_(x.sum(dim=0))
+        self.tokens.add_(x.shape[0])
+
+    def reduce(self, reduce_sum: ReduceSum) -> None:
+        self.xtx, self.total, self.tokens = (
+            reduce_sum(t.clone()) for t in (self.xtx, self.total, self.tokens)
+        )
+
+
+class Reconstruction(ABC):
+    """One way of repairing a projection whose input columns ``K`` are kept; registered by name."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def refit(
+        self,
+        weight: Tensor,
+        sums: InputSums,
+        keep: Tensor,
+        bias: Tensor | None,
+        intercept: bool,
+        damping: float,
+    ) -> tuple[Tensor, Tensor | None, ReconstructionError]:
+        """The kept columns' new weights ``[d_out, |K|]``, the new bias (or None) and the relative errors."""
+
+
+RECONSTRUCTIONS: dict[str, Reconstruction] = {}
+"""The registered methods by name; ``none`` (no repair) is the absence of one."""
+
+
+def register(cls: type[Reconstruction]) -> type[Reconstruction]:
+    RECONSTRUCTIONS[cls.name] = cls()
+    return cls
+
+
+@register
+class LeastSquares(Reconstruction):
+    """``W'_K = (W H[:, K] + lam W_K)(H_KK + lam I)^-1``: the kept columns that best reproduce the dense
+    output on the calibration inputs (ridge toward the original weights), with the intercept on request."""
+
+    name = "lsq"
+
+    def refit(
+        self,
+        weight: Tensor,
+        sums: InputSums,
+        keep: Tensor,
+        bias: Tensor | None,
+        intercept: bool,
+        damping: float,
+    ) -> tuple[Tensor, Tensor | None, ReconstructionError]:
+        hessian, mean = input_moments(sums.xtx, sums.total, int(sums.tokens), center=intercept)
+        return lsq_refit(weight, hessian, keep, damping, mean=mean if intercept else None, bias=bias)
+
+
+ReconstructionName = Literal[("none", *RECONSTRUCTIONS)]  # type: ignore[valid-type]
+"""``reconstruction.method``'s choices: ``none`` and every registered method (the CLI lists them)."""
+
+
+def reconstruction_named(name: str) -> Reconstruction:
+    try:
+        return RECONSTRUCTIONS[name]
+    except KeyError:
+        choices = ", ".join(["none", *RECONSTRUCTIONS])
+        raise ConfigError(f"reconstruction.method must be one of {choices}, got {name!r}") from None
+
+
+def reconstruct_sequentially(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    captured: Captured,
+    plan: PruningPlan,
+    method: Reconstruction,
+    damping: float,
+    compensation: bool,
+    reduce_sum: ReduceSum | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Apply ``plan`` to ``model`` in place, layer by layer, refitting each layer's kept o/down columns.
+
+    Returns one entry per dense layer: the relative reconstruction errors of o_proj and down_proj before
+    and after the refit (``tr(D H D^T) / tr(W H W^T)`` on the layer's calibration inputs; None where
+    nothing of that kind was removed), or ``removed: True`` for a layer the plan drops.
+    """
+    layers = adapter.decoder_layers(model)
+    by_layer = {p.layer: p for p in plan.layers}
+    hidden = captured.hidden
+    report: list[dict[str, Any]] = []
+    for index in tqdm(range(len(layers)), desc="reconstruction", unit="layer", disable=not progress):
+        layer_plan = by_layer.get(index, LayerPlan(index))
+        kwargs = captured.kwargs[index]
+        if layer_plan.remove_layer:
+            report.append({"layer": index, "removed": True, "o": None, "down": None})
+            continue  # the pruned model skips it: its input is the next layer's input
+        layer = layers[index]
+        entry: dict[str, Any] = {"layer": index, "removed": False}
+        kinds = (("o", "attention_groups", _attention_columns), ("down", "mlp_channels", _mlp_columns))
+        for name, field, columns in kinds:
+            units = getattr(layer_plan, field)
+            if not units:
+                entry[name] = None
+                continue
+            linear = getattr(adapter.modules(layer), name)
+            sums = _gather(layer, linear, hidden, kwargs)
+            if reduce_sum is not None:
+                sums.reduce(reduce_sum)
+            intercept = compensation or linear.bias is not None
+            keep = columns(model, index, units, linear.in_features, linear.weight.device)
+            weight, bias, errors = method.refit(linear.weight, sums, keep, linear.bias, intercept, damping)
+            means = LayerInputMeans(**{name: sums.total / sums.tokens}) if intercept else None
+            apply_plan(
+                model,
+                PruningPlan([LayerPlan(index, **{field: units})]),
+                compensation={index: means} if means is not None else None,
+            )
+            _set(getattr(adapter.modules(layer), name), weight, bias)
+            entry[name] = {"before": errors.before, "after": errors.after}
+            del sums
+        report.append(entry)
+        with torch.no_grad():
+            device = next(layer.parameters()).device
+            hidden = [
+                _output(layer(h.to(device), **kw)).to(h.device) for h, kw in zip(hidden, kwargs, strict=True)
+            ]
+    removed = [p.layer for p in plan.layers if p.remove_layer]
+    if removed:
+        apply_plan(model, PruningPlan([LayerPlan(i, remove_layer=True) for i in removed]))
+    return report
+
+
+def reconstruction_summary(layers: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """The mean relative errors of o_proj and down_proj over the repaired layers, before and after (the
+    numbers summary.md reports); empty without a repair."""
+    if layers is None:
+        return {}
+    summary: dict[str, Any] = {}
+    for name in ("o", "down"):
+        entries = [e[name] for e in layers if e.get(name)]
+        summary[name] = (
+            {
+                "layers": len(entries),
+                "before": sum(e["before"] for e in entries) / len(entries),
+                "after": sum(e["after"] for e in entries) / len(entries),
+            }
+            if entries
+            else None
+        )
+    return {"mean_error": summary}
+
+
+def _gather(layer: nn.Module, linear: nn.Module, hidden: list[Tensor], kwargs: list[dict]) -> InputSums:
+    """Run the layer over its inputs and sum what ``linear`` receives."""
+    device = linear.weight.device
+    sums = InputSums.zeros(linear.in_features, device)
+    with _hooked(linear, sums), torch.no_grad():
+        for h, kw in zip(hidden, kwargs, strict=True):
+            layer(h.to(device), **kw)
+    return sums
+
+
+@contextmanager
+def _hooked(linear: nn.Module, sums: InputSums) -> Iterator[None]:
+    handle = linear.register_forward_pre_hook(lambda _module, args: sums.add(args[0]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _attention_columns(
+    model: nn.Module, index: int, groups: list[int], width: int, device: torch.device
+) -> Tensor:
+    """The o_proj input columns of the query heads of the kept key/value groups (as apply removes them)."""
+    sizes = read_layer_sizes(model)[index]
+    per_group = sizes.num_attention_heads // sizes.num_key_value_heads * head_dim(model)
+    gone = set(groups)
+    kept = [g for g in range(sizes.num_key_value_heads) if g not in gone]
+    columns = torch.arange(per_group, device=device)
+    return (torch.tensor(kept, device=device)[:, None] * per_group + columns[None, :]).reshape(-1)
+
+
+def _mlp_columns(
+    model: nn.Module, index: int, channels: list[int], width: int, device: torch.device
+) -> Tensor:
+    gone = set(channels)
+    return torch.tensor([c for c in range(width) if c not in gone], dtype=torch.long, device=device)
+
+
+def _set(linear: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+
+
+def _output(out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
