@@ -21,7 +21,7 @@ ROOT = Path(os.environ.get("PRUNELIGHT_LAYERING_ROOT") or Path(__file__).resolve
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     # 0: the foundation every floor may use
-    ("errors", "io", "measure", "hub", "signals", "run_folder"),
+    ("errors", "io", "measure", "hub", "signals", "run_folder", "registry"),
     # 1: what a model and a corpus are
     ("models", "data"),
     # 2: the algorithms on tensors: scores, plans, removal and masks, saved models

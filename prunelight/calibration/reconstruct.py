@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.apply.reconstruction import ReconstructionError, input_moments, lsq_refit
 from prunelight.calibration.sequential import Captured
-from prunelight.errors import ConfigError
 from prunelight.models.adapters import FamilyAdapter
 from prunelight.ranking.plan import LayerPlan, PruningPlan
+from prunelight.registry import Registry
 from prunelight.save.layers import head_dim, read_layer_sizes
 
 ReduceSum = Callable[[Tensor], Tensor]
@@ -91,13 +91,13 @@ class Reconstruction(ABC):
         """The kept columns' new weights ``[d_out, |K|]``, the new bias (or None) and the relative errors."""
 
 
-RECONSTRUCTIONS: dict[str, Reconstruction] = {}
+RECONSTRUCTIONS: Registry[Reconstruction] = Registry(
+    "reconstruction",
+    lambda name, names: f"reconstruction.method must be one of {', '.join(['none', *names])}, got {name!r}",
+)
 """The registered methods by name; ``none`` (no repair) is the absence of one."""
 
-
-def register(cls: type[Reconstruction]) -> type[Reconstruction]:
-    RECONSTRUCTIONS[cls.name] = cls()
-    return cls
+register = RECONSTRUCTIONS.register
 
 
 @register
@@ -124,12 +124,7 @@ ReconstructionName = Literal[("none", *RECONSTRUCTIONS)]  # type: ignore[valid-t
 """``reconstruction.method``'s choices: ``none`` and every registered method (the CLI lists them)."""
 
 
-def reconstruction_named(name: str) -> Reconstruction:
-    try:
-        return RECONSTRUCTIONS[name]
-    except KeyError:
-        choices = ", ".join(["none", *RECONSTRUCTIONS])
-        raise ConfigError(f"reconstruction.method must be one of {choices}, got {name!r}") from None
+reconstruction_named = RECONSTRUCTIONS.named
 
 
 def reconstruct_sequentially(

@@ -6,32 +6,20 @@ adding one is a new module with a registered class and one import line there.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from prunelight.errors import ConfigError
 from prunelight.importance.criteria.base import Criterion
+from prunelight.registry import Registry
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry(
+    "criterion", lambda name, names: f"unknown criterion {name!r}; choose one of {', '.join(names)}"
+)
 """Every registered criterion (one instance each: criteria hold no state), in registration order, the order
 the choices are listed in."""
 
-C = TypeVar("C", bound=type[Criterion])
+register = CRITERIA.register
+"""Class decorator: make ``cls`` the criterion called ``cls.name``."""
 
-
-def register(cls: C) -> C:
-    """Class decorator: make ``cls`` the criterion called ``cls.name``."""
-    if cls.name in CRITERIA:
-        raise ValueError(f"criterion {cls.name!r} is registered twice")
-    CRITERIA[cls.name] = cls()
-    return cls
-
-
-def criterion_info(name: str) -> Criterion:
-    """The criterion called ``name``; a :class:`ConfigError` listing the choices for any other name."""
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        raise ConfigError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}") from None
+criterion_info = CRITERIA.named
+"""The criterion called ``name``; a ConfigError listing the choices for any other name."""
 
 
 def sparse_criteria() -> tuple[str, ...]:
