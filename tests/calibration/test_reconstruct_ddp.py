@@ -1,0 +1,27 @@
+"""lsq reconstruction under DDP (two gloo processes, each with half the calibration windows) gives the plan
+and the repaired weights of one process: the float64 input sums are all-reduced before every refit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from conftest import launch_ddp
+from reconstruct_ddp_worker import prune  # tests/calibration is on sys.path (pytest rootdir-less import)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_two_processes_reconstruct_like_one(tiny_llama, tmp_path):
+    out = tmp_path / "ddp.pt"
+    launch_ddp(
+        ROOT / "tests/calibration/reconstruct_ddp_worker.py", str(tiny_llama), str(tmp_path / "ddp"), str(out)
+    )
+    two = torch.load(out, weights_only=False)
+    one = prune(str(tiny_llama), str(tmp_path / "one"), 1, "auto")
+    assert two["world"] == 2 and one["world"] == 1
+    assert one["weights"].keys() == two["weights"].keys()
+    for name, weight in one["weights"].items():
+        assert two["weights"][name].shape == weight.shape, f"{name}: a different plan"
+        torch.testing.assert_close(two["weights"][name], weight, rtol=1e-5, atol=1e-6)
+    assert one["errors"]["down"]["after"] < one["errors"]["down"]["before"]
