@@ -17,6 +17,7 @@ from prunelight.importance import ImportanceAccumulator
 from prunelight.importance.criteria.obs import SURVIVOR_FACTOR, finite_scores
 from prunelight.main import main
 from prunelight.models import adapter_for
+from prunelight.ranking import RankingConfig, rank
 from prunelight.save import load_pruned
 
 DAMPING = 0.01
@@ -85,6 +86,25 @@ def test_the_table_has_the_one_pass_layout_counts_and_block_influence():
     for layer, means in reference.input_means.items():
         for name in ("o", "down"):
             torch.testing.assert_close(calibrated.input_means[layer][name].double(), means[name].double())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RankingConfig(ratio=0.3, temperature=1.0, tau=None, normalization="zscore"),
+        RankingConfig(ratio=0.3, allocation="uniform", temperature=1.0, tau=0.5),
+        RankingConfig(ratio=0.3, max_rate=1.0, remove_layers=1),
+    ],
+    ids=["global", "uniform", "remove_layers"],
+)
+def test_the_scores_rank_with_normalisation_and_corrections(config):
+    table = obs_scores(make_model("llama", layers=3), tokens(batch=4)).table
+    result = rank(table, config)
+    assert result.removed_params > 0
+    for layer in result.plan.layers:
+        if not layer.remove_layer:
+            assert len(layer.attention_groups) < len(table.attention[layer.layer])
+            assert len(layer.mlp_channels) < len(table.mlp[layer.layer])
 
 
 def test_the_one_pass_calibration_refuses_obs():
