@@ -39,6 +39,11 @@ class ImportanceCallback(L.Callback):
         input_means: bool = False,
     ) -> None:
         self.info = criterion_info(criterion)
+        if self.info.sequential_scoring:
+            raise ConfigError(
+                f"criterion {criterion!r} is scored layer by layer by the prune stage, not in one "
+                "calibration pass"
+            )
         if aggregation not in ("batch", "sample"):
             raise ConfigError(f"aggregation must be 'batch' or 'sample', got {aggregation!r}")
         if magnitude_norm not in (1, 2):

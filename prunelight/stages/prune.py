@@ -17,6 +17,7 @@ import torch
 
 from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
+from prunelight.calibration.obs_scores import obs_scores_sequentially
 from prunelight.calibration.reconstruct import (
     reconstruct_sequentially,
     reconstruction_named,
@@ -28,6 +29,7 @@ from prunelight.diagnostics.layers import layer_report
 from prunelight.diagnostics.statistics import gradient_statistics
 from prunelight.errors import ConfigError
 from prunelight.evaluate import PerplexityModule
+from prunelight.importance import Calibrated
 from prunelight.importance.criteria import criterion_info
 from prunelight.io import write_json
 from prunelight.loops import calibrate, run_calibration
@@ -91,17 +93,23 @@ def prune_structures(
         refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
     run_dir = Path(trainer.default_root_dir)
 
-    callback = ImportanceCallback(
-        importance.criterion,
-        importance.aggregation,
-        importance.magnitude_norm,
-        importance.gradient_statistics,
-        input_means=compensation,
-    )
+    sequential = criterion_info(importance.criterion).sequential_scoring
+    if sequential:
+        refuse_sharding(trainer.strategy, f"criterion {importance.criterion} (each layer is scored in turn)")
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
-    calibrated = calibrate(trainer, module, datamodule, callback)
+    if sequential:
+        calibrated = _score_sequentially(trainer, module, datamodule, settings)
+    else:
+        callback = ImportanceCallback(
+            importance.criterion,
+            importance.aggregation,
+            importance.magnitude_norm,
+            importance.gradient_statistics,
+            input_means=compensation,
+        )
+        calibrated = calibrate(trainer, module, datamodule, callback)
     calibration = {
         **datamodule.describe(),
         "criterion": importance.criterion,
@@ -186,6 +194,24 @@ def prune_structures(
         write_diagnostics(run_dir)  # diagnosis, plots, TensorBoard, and summary.md last
     trainer.strategy.barrier()
     return report
+
+
+def _score_sequentially(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: Any, settings: PruneSettings
+) -> Calibrated:
+    """Capture the first layer's calibration inputs, then score the dense model layer by layer (``obs``)
+    with the reconstruction's damping; the sums are all-reduced across ranks before each layer is scored."""
+    capture = CaptureCallback(settings.reconstruction.offload_inputs)
+    run_calibration(trainer, module, datamodule, capture)
+    assert capture.result is not None and module.model is not None
+    return obs_scores_sequentially(
+        module.model,
+        module.adapter,
+        capture.result,
+        settings.reconstruction.damping,
+        reduce_sum=sum_across_ranks(trainer),
+        progress=trainer.is_global_zero,
+    )
 
 
 def _reconstruct(

@@ -27,6 +27,7 @@ from prunelight.importance.criteria import wanda  # noqa: E402,F401
 from prunelight.importance.criteria import fluctuation  # noqa: E402,F401
 from prunelight.importance.criteria import block_influence  # noqa: E402,F401
 from prunelight.importance.criteria import sparsegpt  # noqa: E402,F401
+from prunelight.importance.criteria import obs  # noqa: E402,F401
 
 # isort: on
 from prunelight.importance.criteria.fluctuation import fluctuation_elements  # noqa: E402

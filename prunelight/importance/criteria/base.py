@@ -81,6 +81,10 @@ class Criterion(ABC):
     """Mask pruning must calibrate layer by layer, each layer seeing the already pruned ones before it."""
     patterns: ClassVar[tuple[str, ...] | None] = None
     """The sparse patterns it can prune in; None for every registered one."""
+    sequential_scoring: ClassVar[bool] = False
+    """Structured pruning scores it layer by layer on the dense model (one layer's statistics held at a time,
+    :mod:`prunelight.calibration.obs_scores`) instead of from the one-pass evidence: :meth:`group_scores` is
+    then never called."""
 
     # ------------------------------------------------------------------ structured
     def group_scores(self, layer: LayerEvidence, kind: str) -> torch.Tensor:
