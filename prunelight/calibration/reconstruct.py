@@ -12,8 +12,17 @@ repaired layer's outputs become the next layer's inputs. One layer's statistics 
 
 An intercept is fitted (the projection gets or keeps a bias) when FLAP compensation is asked for or the
 projection already has a bias: then the refit runs on the covariance and the bias takes the mean's share,
-which with an unchanged ``W_K`` is exactly FLAP's compensation. Whole layers that the plan removes are
-skipped (their input passes on unchanged, as in the pruned model) and removed at the end.
+which with an unchanged ``W_K`` is exactly FLAP's compensation. Without a method (``None``) the groups are
+removed as planned, without a refit (with FLAP's compensation on the sequential inputs if asked for).
+
+Whole layers that the plan removes are skipped (their input passes on unchanged, as in the pruned model) and
+removed at the end; with ``layer_map="lsq"`` each maximal span ``[start, end)`` of removed layers is repaired
+as ReplaceMe does (Shopkhoev et al., 2025, training-free): with ``M`` the MLP output (after down_proj, before
+the residual add) of the kept layer ``start - 1`` on the calibration tokens, ``h_in`` that layer's output and
+``h_out`` the output of the *dense* span run on ``h_in``, the least squares ``T`` of ``Y ~ M T`` with
+``Y = h_out - h_in + M`` (:func:`~prunelight.apply.reconstruction.linear_map`) is folded into layer
+``start - 1``'s down_proj (``W' = T^T W``, its bias likewise), so that its new output ``h_in - M + M T``
+approximates ``h_out`` without a new parameter. A span at layer 0 has no such layer and is only skipped.
 
 Every statistic is a sum over tokens, so under DDP the all-reduced sums of N ranks equal one process's and
 the ranks compute the same weights.
@@ -32,8 +41,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from prunelight.apply import LayerInputMeans, apply_plan
-from prunelight.apply.reconstruction import ReconstructionError, input_moments, lsq_refit
+from prunelight.apply.reconstruction import (
+    ReconstructionError,
+    fold_linear_map,
+    input_moments,
+    linear_map,
+    lsq_refit,
+)
 from prunelight.calibration.sequential import Captured
+from prunelight.errors import ConfigError
 from prunelight.models.adapters import FamilyAdapter
 from prunelight.ranking.plan import LayerPlan, PruningPlan
 from prunelight.registry import Registry
@@ -126,33 +142,66 @@ ReconstructionName = Literal[("none", *RECONSTRUCTIONS)]  # type: ignore[valid-t
 
 reconstruction_named = RECONSTRUCTIONS.named
 
+LayerMapName = Literal["none", "lsq"]
+"""``reconstruction.layers``' choices: ``none`` (removed layers are only dropped) or ``lsq`` (ReplaceMe's
+least-squares linear map of each removed span, folded into the preceding down_proj)."""
+
 
 def reconstruct_sequentially(
     model: nn.Module,
     adapter: FamilyAdapter,
     captured: Captured,
     plan: PruningPlan,
-    method: Reconstruction,
+    method: Reconstruction | None,
     damping: float,
     compensation: bool,
     reduce_sum: ReduceSum | None = None,
     progress: bool = True,
+    layer_map: LayerMapName = "none",
 ) -> list[dict[str, Any]]:
-    """Apply ``plan`` to ``model`` in place, layer by layer, refitting each layer's kept o/down columns.
+    """Apply ``plan`` to ``model`` in place, layer by layer, refitting each layer's kept o/down columns
+    (``method``; None removes them without a refit) and, with ``layer_map="lsq"``, repairing each span of
+    removed layers by a linear map folded into the preceding down_proj.
 
     Returns one entry per dense layer: the relative reconstruction errors of o_proj and down_proj before
     and after the refit (``tr(D H D^T) / tr(W H W^T)`` on the layer's calibration inputs; None where
-    nothing of that kind was removed), or ``removed: True`` for a layer the plan drops.
+    nothing of that kind was removed or without a method), or ``removed: True`` for a layer the plan drops;
+    with ``layer_map="lsq"`` the first layer of each removed span also carries ``map`` (see
+    :func:`_map_span`). ``damping`` is relative to the mean diagonal of the inputs' second moment, for the
+    refits and the map alike.
     """
+    if layer_map not in ("none", "lsq"):
+        raise ConfigError(f"reconstruction.layers must be one of none, lsq, got {layer_map!r}")
     layers = adapter.decoder_layers(model)
     by_layer = {p.layer: p for p in plan.layers}
+    removed = [p.layer for p in plan.layers if p.remove_layer]
+    if layer_map == "lsq" and removed:
+        _check_foldable(layers[0])
     hidden = captured.hidden
+    mlp_out: list[Tensor] | None = None  # the MLP outputs of the last kept layer, when a span follows it
     report: list[dict[str, Any]] = []
     for index in tqdm(range(len(layers)), desc="reconstruction", unit="layer", disable=not progress):
         layer_plan = by_layer.get(index, LayerPlan(index))
         kwargs = captured.kwargs[index]
         if layer_plan.remove_layer:
-            report.append({"layer": index, "removed": True, "o": None, "down": None})
+            entry = {"layer": index, "removed": True, "o": None, "down": None}
+            first = index == 0 or not by_layer.get(index - 1, LayerPlan(index - 1)).remove_layer
+            if layer_map == "lsq" and first:
+                end = index
+                while end < len(layers) and by_layer.get(end, LayerPlan(end)).remove_layer:
+                    end += 1
+                if index == 0:
+                    entry["map"] = {"span": [0, end], "skipped": "no kept layer before the span to fold into"}
+                else:
+                    assert mlp_out is not None
+                    kw = [captured.kwargs[j] for j in range(index, end)]
+                    into = adapter.modules(layers[index - 1]).down
+                    hidden, entry["map"] = _map_span(
+                        layers[index:end], into, hidden, mlp_out, kw, damping, reduce_sum
+                    )
+                    entry["map"] = {"span": [index, end], "into_layer": index - 1, **entry["map"]}
+                mlp_out = None
+            report.append(entry)
             continue  # the pruned model skips it: its input is the next layer's input
         layer = layers[index]
         entry: dict[str, Any] = {"layer": index, "removed": False}
@@ -163,9 +212,20 @@ def reconstruct_sequentially(
                 entry[name] = None
                 continue
             linear = getattr(adapter.modules(layer), name)
+            if method is None and not compensation:
+                apply_plan(model, PruningPlan([LayerPlan(index, **{field: units})]))
+                entry[name] = None
+                continue
             sums = _gather(layer, linear, hidden, kwargs)
             if reduce_sum is not None:
                 sums.reduce(reduce_sum)
+            if method is None:  # FLAP's compensation on the inputs the pruned model gives the layer
+                means = LayerInputMeans(**{name: sums.total / sums.tokens})
+                apply_plan(
+                    model, PruningPlan([LayerPlan(index, **{field: units})]), compensation={index: means}
+                )
+                entry[name] = None
+                continue
             intercept = compensation or linear.bias is not None
             keep = columns(model, index, units, linear.in_features, linear.weight.device)
             weight, bias, errors = method.refit(linear.weight, sums, keep, linear.bias, intercept, damping)
@@ -179,12 +239,14 @@ def reconstruct_sequentially(
             entry[name] = {"before": errors.before, "after": errors.after}
             del sums
         report.append(entry)
-        with torch.no_grad():
+        follows = by_layer.get(index + 1, LayerPlan(index + 1)).remove_layer and index + 1 < len(layers)
+        keep_mlp = layer_map == "lsq" and follows
+        mlp_out = [] if keep_mlp else None
+        with torch.no_grad(), _kept_outputs(adapter.modules(layer).down, mlp_out):
             device = next(layer.parameters()).device
             hidden = [
                 _output(layer(h.to(device), **kw)).to(h.device) for h, kw in zip(hidden, kwargs, strict=True)
             ]
-    removed = [p.layer for p in plan.layers if p.remove_layer]
     if removed:
         apply_plan(model, PruningPlan([LayerPlan(i, remove_layer=True) for i in removed]))
     return report
@@ -207,7 +269,107 @@ def reconstruction_summary(layers: list[dict[str, Any]] | None) -> dict[str, Any
             if entries
             else None
         )
+    maps = [e["map"] for e in layers if e.get("map") and "after" in e["map"]]
+    if maps:
+        summary["map"] = {
+            "spans": len(maps),
+            "before": sum(m["before"] for m in maps) / len(maps),
+            "after": sum(m["after"] for m in maps) / len(maps),
+        }
     return {"mean_error": summary}
+
+
+def _map_span(
+    span: list[nn.Module],
+    down: nn.Module,
+    hidden: list[Tensor],
+    mlp_out: list[Tensor],
+    kwargs: list[list[dict]],
+    damping: float,
+    reduce_sum: ReduceSum | None,
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """ReplaceMe on one span: fit ``T`` with ``h_out - h_in + M ~ M T``, fold it into ``down``, and return
+    the repaired layer's outputs ``h_in - M + M T`` with the span's relative output errors.
+
+    ``hidden`` holds ``h_in`` per batch (the kept layer's outputs), ``mlp_out`` its MLP outputs ``M``;
+    ``kwargs[k]`` are the keyword arguments of the span's ``k``-th layer per batch. The report: ``before``
+    and ``after`` are ``||h_out - h~||^2 / ||h_out||^2`` over the calibration tokens with ``h~ = h_in`` (the
+    span skipped) and ``h~ = h_in - M + M T`` (the map); ``fit`` is ``||Y - M T||^2 / ||Y||^2``; ``tokens``
+    the count. All sums are float64 and all-reduced under DDP.
+    """
+    width = down.out_features
+    device = down.weight.device
+    sum_xx = torch.zeros(width, width, dtype=torch.float64, device=device)
+    sum_xy = torch.zeros_like(sum_xx)
+    targets = []
+    with torch.no_grad():
+        for b, (h_in, m) in enumerate(zip(hidden, mlp_out, strict=True)):
+            h = h_in.to(device)
+            for k, layer in enumerate(span):
+                h = _output(layer(h, **kwargs[k][b]))
+            h_out = h.to(h_in.device)
+            targets.append(h_out)
+            x = m.to(device).reshape(-1, width).double()
+            y = (h_out - h_in).to(device).reshape(-1, width).double() + x
+            sum_xx.addmm_(x.T, x)
+            sum_xy.addmm_(x.T, y)
+        if reduce_sum is not None:
+            sum_xx, sum_xy = reduce_sum(sum_xx.clone()), reduce_sum(sum_xy.clone())
+        T = linear_map(sum_xx, sum_xy, damping)
+        weight, bias = fold_linear_map(down.weight, T, down.bias)
+        _set(down, weight, bias)
+        # [skip error, map error, ||h_out||^2, fit error, ||Y||^2, tokens]
+        stats = torch.zeros(6, dtype=torch.float64, device=device)
+        repaired = []
+        for h_in, m, h_out in zip(hidden, mlp_out, targets, strict=True):
+            x = m.to(device).double()
+            mapped = x @ T
+            new = h_in.to(device).double() - x + mapped
+            out = h_out.to(device).double()
+            y = out - h_in.to(device).double() + x
+            stats += torch.stack(
+                [
+                    (out - h_in.to(device).double()).square().sum(),
+                    (out - new).square().sum(),
+                    out.square().sum(),
+                    (y - mapped).square().sum(),
+                    y.square().sum(),
+                    torch.tensor(float(x.numel() // width), dtype=torch.float64, device=device),
+                ]
+            )
+            repaired.append(new.to(dtype=h_in.dtype, device=h_in.device))
+        if reduce_sum is not None:
+            stats = reduce_sum(stats.clone())
+    skip, after, norm, fit, y_norm, tokens = stats.tolist()
+    return repaired, {
+        "tokens": int(tokens),
+        "before": skip / norm,
+        "after": after / norm,
+        "fit": fit / y_norm if y_norm > 0 else 0.0,
+    }
+
+
+def _check_foldable(layer: nn.Module) -> None:
+    """The fold maps the MLP output that the residual adds; a norm after the MLP (Gemma 2/3) breaks that."""
+    if getattr(layer, "post_feedforward_layernorm", None) is not None:
+        raise ConfigError(
+            f"reconstruction.layers=lsq folds the map into down_proj, but {type(layer).__name__} normalises "
+            "the MLP output before the residual add, so the fold would not be linear; set "
+            "reconstruction.layers: none for this family"
+        )
+
+
+@contextmanager
+def _kept_outputs(linear: nn.Module, outputs: list[Tensor] | None) -> Iterator[None]:
+    """Append ``linear``'s outputs to ``outputs`` while in the block (nothing when ``outputs`` is None)."""
+    if outputs is None:
+        yield
+        return
+    handle = linear.register_forward_hook(lambda _module, _args, out: outputs.append(out.detach()))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _gather(layer: nn.Module, linear: nn.Module, hidden: list[Tensor], kwargs: list[dict]) -> InputSums:

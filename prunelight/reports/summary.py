@@ -107,7 +107,8 @@ def zero_shot_lines(report: dict[str, Any]) -> list[str]:
 
 def _reconstruction_lines(reconstruction: dict[str, Any] | None) -> list[str]:
     """The repair after the cut and what it did to the layers' output errors (runs before it: nothing)."""
-    if not reconstruction or reconstruction.get("method", "none") == "none":
+    layer_map = (reconstruction or {}).get("layers", "none")
+    if not reconstruction or (reconstruction.get("method", "none") == "none" and layer_map == "none"):
         return [] if reconstruction is None else ["- reconstruction: none"]
     parts = []
     for name, label in (("o", "o_proj"), ("down", "down_proj")):
@@ -119,6 +120,14 @@ def _reconstruction_lines(reconstruction: dict[str, Any] | None) -> list[str]:
     measured = (
         f"; mean relative output error of the repaired projections: {', '.join(parts)}" if parts else ""
     )
+    if layer_map != "none":
+        spans = (reconstruction.get("mean_error") or {}).get("map")
+        measured += f"; layer map: {layer_map}" + (
+            f", relative output error of the removed spans {spans['before']:.4f} -> {spans['after']:.4f} "
+            f"over {spans['spans']} spans"
+            if spans
+            else " (no span to map)"
+        )
     return [
         f"- reconstruction: {reconstruction['method']} (damping {reconstruction['damping']}){measured} "
         "(analysis/reconstruction.json)"

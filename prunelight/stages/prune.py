@@ -217,20 +217,23 @@ def _score_sequentially(
 def _reconstruct(
     trainer: L.Trainer, module: CalibrationModule, datamodule: Any, plan: PruningPlan, settings: PruneSettings
 ) -> list[dict[str, Any]]:
-    """Capture the first layer's calibration inputs, then remove ``plan`` layer by layer with the repair."""
+    """Capture the first layer's calibration inputs, then remove ``plan`` layer by layer with the repair
+    (the refit of ``reconstruction.method``, the layer map of ``reconstruction.layers``, or both)."""
     capture = CaptureCallback(settings.reconstruction.offload_inputs)
     run_calibration(trainer, module, datamodule, capture)
     assert capture.result is not None and module.model is not None
+    method = settings.reconstruction.method
     return reconstruct_sequentially(
         module.model,
         module.adapter,
         capture.result,
         plan,
-        reconstruction_named(settings.reconstruction.method),
+        reconstruction_named(method) if method != "none" else None,
         settings.reconstruction.damping,
         settings.compensation,
         reduce_sum=sum_across_ranks(trainer),
         progress=trainer.is_global_zero,
+        layer_map=settings.reconstruction.layers,
     )
 
 

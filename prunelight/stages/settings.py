@@ -13,7 +13,7 @@ from typing import Literal
 import lightning as L
 
 from prunelight.apply.patterns import PatternName, SparsePattern, pattern_named
-from prunelight.calibration.reconstruct import ReconstructionName, reconstruction_named
+from prunelight.calibration.reconstruct import LayerMapName, ReconstructionName, reconstruction_named
 from prunelight.callbacks.overfitting import MonitorSettings
 from prunelight.data.corpora import CorpusSpec
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
@@ -225,30 +225,38 @@ class RecoverySettings:
 @dataclass
 class ReconstructionSettings:
     """Repair after a structured cut (docs/pruning.md: Reconstruction): each layer's kept o_proj and
-    down_proj columns are refit, layer by layer, to the dense layer's outputs on the calibration windows.
+    down_proj columns are refit, layer by layer, to the dense layer's outputs on the calibration windows;
+    removed layers may be replaced by a linear map folded into the preceding down_proj (ReplaceMe).
 
     Attributes:
         method: ``none`` (the kept weights stay as they are) or ``lsq`` (least squares, ridge toward the
             original weights; with ``compensation`` or an existing bias, the bias is the fitted intercept).
-        damping: ridge strength, a fraction of the mean diagonal of the inputs' second moment; raise it when
-            a layer's inputs are (nearly) linearly dependent.
+        damping: ridge strength, a fraction of the mean diagonal of the inputs' second moment (of the layer
+            map's ``X^T X`` too); raise it when a layer's inputs are (nearly) linearly dependent.
         offload_inputs: keep the captured layer inputs in CPU memory (calibration sets whose activations do
             not fit next to the model).
+        layers: ``none`` (removed layers are dropped) or ``lsq`` (each span of removed layers is replaced by
+            the least-squares linear map of the preceding kept layer's MLP output, folded into its
+            down_proj; works with ``method: none`` too).
     """
 
     method: ReconstructionName = "none"
     damping: float = 0.01
     offload_inputs: bool = False
+    layers: LayerMapName = "none"
 
     def __post_init__(self) -> None:
         if self.method != "none":
             reconstruction_named(self.method)
         if not self.damping >= 0:
             raise ConfigError(f"reconstruction.damping must be >= 0, got {self.damping}")
+        if self.layers not in ("none", "lsq"):
+            raise ConfigError(f"reconstruction.layers must be one of none, lsq, got {self.layers!r}")
 
     @property
     def enabled(self) -> bool:
-        return self.method != "none"
+        """Whether the plan is applied by the sequential pass (a refit, a layer map or both)."""
+        return self.method != "none" or self.layers != "none"
 
 
 @dataclass(frozen=True)
@@ -279,9 +287,10 @@ class PruneSettings:
     def __post_init__(self) -> None:
         if self.sparsity is not None and self.reconstruction.enabled:
             raise ConfigError(
-                f"reconstruction.method={self.reconstruction.method} repairs structured pruning; a sparse "
-                "run (a sparsity section) reconstructs with importance.criterion: sparsegpt instead; set "
-                "reconstruction.method: none or remove the sparsity section"
+                f"reconstruction (method={self.reconstruction.method}, layers={self.reconstruction.layers}) "
+                "repairs structured pruning; a sparse run (a sparsity section) reconstructs with "
+                "importance.criterion: sparsegpt instead; set reconstruction.method and "
+                "reconstruction.layers to none or remove the sparsity section"
             )
 
 
