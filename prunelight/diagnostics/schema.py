@@ -130,9 +130,57 @@ GRADIENT_DIAGNOSIS = {
     },
 }
 
+_ERRORS = {
+    "type": ["object", "null"],
+    "required": ["before", "after"],
+    "properties": {"before": _NUMBER, "after": _NUMBER},
+}
+
+RECONSTRUCTION = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "analysis/reconstruction.json",
+    "type": "object",
+    "required": ["method", "damping", "layers"],
+    "properties": {
+        "method": {"type": "string"},
+        "damping": {"type": "number", "minimum": 0},
+        "layer_map": {"enum": ["none", "lsq"]},
+        "layers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["layer", "removed"],
+                "properties": {
+                    "layer": {"type": "integer", "minimum": 0},
+                    "removed": {"type": "boolean"},
+                    "o": _ERRORS,
+                    "down": _ERRORS,
+                    "map": {
+                        "type": "object",
+                        "required": ["span"],
+                        "properties": {
+                            "span": {
+                                "type": "array",
+                                "items": {"type": "integer", "minimum": 0},
+                                "minItems": 2,
+                                "maxItems": 2,
+                            },
+                            "into_layer": {"type": "integer", "minimum": 0},
+                            "before": _NUMBER,
+                            "after": _NUMBER,
+                            "skipped": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "gradient_statistics": GRADIENT_STATISTICS,
     "gradient_diagnosis": GRADIENT_DIAGNOSIS,
+    "reconstruction": RECONSTRUCTION,
 }
 
 

@@ -175,7 +175,9 @@ def prune_structures(
     if trainer.is_global_zero:
         write_json(analysis / "plan.json", result.to_dict())
         if repair is not None:
-            write_json(analysis / "reconstruction.json", {**vars(settings.reconstruction), "layers": repair})
+            # the layer list takes the key "layers", so the layer-map setting is written as "layer_map"
+            written = {**vars(settings.reconstruction), "layer_map": settings.reconstruction.layers}
+            write_json(analysis / "reconstruction.json", {**written, "layers": repair})
         write_json(analysis / "layer_report.json", layer_report(calibrated.table, result))
         write_json(analysis / "calibration.json", calibration)
         statistics = gradient_statistics(
