@@ -35,8 +35,11 @@ SIZES: dict[str, tuple[int, int]] = {
     "compare_rates": (1200, 600),
     "heatmap": (1000, 700),
     "sparsity": (1200, 600),
+    "reconstruction": (1200, 900),
 }
 COLORS = {"attention": "tab:blue", "mlp": "tab:orange"}
+# reconstruction.json's refit projections: entry key -> panel title
+PROJECTIONS = {"o": "o_proj (attention output)", "down": "down_proj (MLP output)"}
 # stage -> label, line style: a later stage is drawn thinner on top, so identical stages still all show
 STAGES = {
     "raw": ("raw", "-o", 3.0),
@@ -361,3 +364,69 @@ def sparsity_layers(sparsity: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.set_ylim(0, 1.0)
     _layer_axis(ax, f"Sparsity per layer ({sparsity['pattern']})", "fraction of the layer's weights")
     return _save(fig, path)
+
+
+def reconstruction(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """The repair per layer: o_proj's and down_proj's relative output error before and after the refit, as
+    grouped bars, with the removed layers and the spans of the layer map marked."""
+    entries = data["layers"]
+    fig, axes = _figure("reconstruction", rows=len(PROJECTIONS))
+    width = 0.4
+    for ax, (name, title) in zip(axes, PROJECTIONS.items(), strict=True):
+        values: list[float] = []
+        for offset, stage, color in ((-width / 2, "before", "0.6"), (width / 2, "after", "tab:green")):
+            xs, ys = _points(
+                [e["layer"] for e in entries if e.get(name)],
+                [e[name].get(stage) for e in entries if e.get(name)],
+            )
+            if ys:
+                ax.bar([x + offset for x in xs], ys, width, color=color, label=f"{stage} the refit")
+                values += ys
+        if not values:
+            _no_data(ax, f"no {name}_proj refit")
+        _scale(ax, values)
+        if ax.get_yscale() == "log" and max(values) / min(v for v in values if v > 0) < 10:
+            ax.set_yscale("linear")  # within a decade, bars from zero read better
+            ax.set_ylim(0, max(values) * 1.15)
+        _plain_labels(ax.yaxis)
+        _mark_removed(ax, entries)
+        if entries:
+            ax.set_xlim(min(e["layer"] for e in entries) - 0.6, max(e["layer"] for e in entries) + 0.6)
+        _layer_axis(ax, title, "relative output error")
+    fig.suptitle(f"Reconstruction: {data.get('method', '-')} (damping {data.get('damping', '-')})")
+    return _save(fig, path)
+
+
+def _mark_removed(ax: Axes, entries: list[dict[str, Any]]) -> None:
+    """Hatch the removed layers; a span the layer map replaced is one band, labelled with its error."""
+    mapped: set[int] = set()
+    first = True
+    for entry in entries:
+        span = (entry.get("map") or {}).get("span")
+        if not span:
+            continue
+        start, end = span
+        mapped.update(range(start, end))
+        error = entry["map"]
+        text = (
+            f"map into layer {error['into_layer']}: {error['before']:.3g} -> {error['after']:.3g}"
+            if "after" in error
+            else "map skipped"
+        )
+        ax.axvspan(
+            start - 0.45,
+            end - 0.55,
+            facecolor="none",
+            edgecolor="tab:purple",
+            hatch="//",
+            label="layer map span" if first else None,
+        )
+        ax.text(
+            (start + end - 1) / 2, 0.95, text, transform=ax.get_xaxis_transform(), ha="center", va="top",
+            fontsize="small", color="tab:purple", bbox=_LABEL_BOX,
+        )  # fmt: skip
+        first = False
+    dropped = [e["layer"] for e in entries if e.get("removed") and e["layer"] not in mapped]
+    for layer in dropped:
+        label = "removed layer" if layer == dropped[0] else None
+        ax.axvspan(layer - 0.45, layer + 0.45, facecolor="none", edgecolor="0.5", hatch="\\\\", label=label)

@@ -130,5 +130,5 @@ def _reconstruction_lines(reconstruction: dict[str, Any] | None) -> list[str]:
         )
     return [
         f"- reconstruction: {reconstruction['method']} (damping {reconstruction['damping']}){measured} "
-        "(analysis/reconstruction.json)"
+        "(analysis/reconstruction.json; per layer: visualization/reconstruction.png)"
     ]

@@ -72,9 +72,14 @@ def write_hparams(writer: SummaryWriter, report: dict[str, Any]) -> None:
 
 
 def write_tensorboard(
-    run_dir: Path, statistics: dict[str, Any], layer_report: dict[str, Any], report: dict[str, Any]
+    run_dir: Path,
+    statistics: dict[str, Any],
+    layer_report: dict[str, Any],
+    report: dict[str, Any],
+    reconstruction: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the events; return their folder."""
+    """Write the events (with ``analysis/reconstruction.json``'s per-layer errors when given); return their
+    folder."""
     writer = fresh_writer(run_dir)
     try:
         for entry in statistics["layers"]:
@@ -107,6 +112,15 @@ def write_tensorboard(
                         _scalar(
                             writer, f"ranking/{kind}/{stage}_mean", entry[kind]["scores"][stage]["mean"], step
                         )
+        for entry in (reconstruction or {}).get("layers", []):
+            for name in ("o", "down"):
+                for stage in ("before", "after"):
+                    _scalar(
+                        writer,
+                        f"reconstruction/{name}_{stage}",
+                        (entry[name] or {}).get(stage),
+                        entry["layer"],
+                    )
         write_hparams(writer, report)
     finally:
         writer.close()
