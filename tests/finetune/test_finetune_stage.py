@@ -111,6 +111,28 @@ def test_pipeline_prunes_finetunes_and_reports_three_rows(tiny_llama, tmp_path):
         assert name in summary
 
 
+def test_a_pipeline_with_reconstruction_repairs_before_lora(tiny_llama, tmp_path):
+    main(["pipeline", *_prune_options(tiny_llama), "--ranking.ratio", "0.3", "--reconstruction.method", "lsq",
+          "--lora.rank", "4", "--training.learning_rate", "0.01", *_finetune_options(tmp_path)])  # fmt: skip
+    run = tmp_path / "results" / tiny_llama.name / "run"
+    for name in ("pruned_model/config.json", "finetuned_model/config.json", "adapter/adapter_config.json",
+                 "analysis/reconstruction.json", "analysis/recovery.json",
+                 "visualization/reconstruction.png"):  # fmt: skip
+        assert (run / name).is_file(), name
+    prune = json.loads((run / "analysis/prune.json").read_text())
+    assert prune["reconstruction"]["method"] == "lsq" and prune["reconstruction"]["mean_error"]["down"]
+    rows = {r["name"]: r for r in json.loads((run / "analysis/recovery.json").read_text())["rows"]}
+    assert list(rows) == ["dense", "pruned", "recovered"]
+    assert rows["recovered"]["parameters"] == rows["pruned"]["parameters"] < rows["dense"]["parameters"]
+    # the pruned row is the repaired model, and LoRA starts from it
+    assert rows["pruned"]["perplexity"] == prune["perplexity"]["pruned"]
+    assert rows["recovered"]["perplexity"]["wikitext2"] < rows["pruned"]["perplexity"]["wikitext2"]
+    merged = prunelight.load_pruned(run / "finetuned_model")
+    assert sum(p.numel() for p in merged.parameters()) == rows["pruned"]["parameters"]
+    summary = (run / "summary.md").read_text()
+    assert "reconstruction: lsq" in summary and "| recovered |" in summary
+
+
 def test_a_sparse_pipeline_keeps_its_zeros_through_lora(tiny_llama, tmp_path):
     main(["pipeline", *_prune_options(tiny_llama), "--importance.criterion", "wanda",
           "--sparsity.pattern", "unstructured", "--sparsity.sparsity", "0.5", "--lora.rank", "4",
