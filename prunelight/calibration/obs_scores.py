@@ -9,7 +9,8 @@ next layer's inputs); the layer's groups are scored and its sums dropped before 
 not changed, so every layer sees the dense model's activations.
 
 A group's score is its error increase in the greedy (:func:`~prunelight.apply.reconstruction.obs_group_scores`
-on ``H = sum x x^T / n``, the uncentred second moment, with ``reconstruction.damping``), the last survivor's
+on ``H = sum x x^T / n``, the uncentred second moment, or the covariance where the refit fits an intercept,
+with ``reconstruction.damping``), the last survivor's
 ``+inf`` made finite by :func:`~prunelight.importance.criteria.obs.finite_scores`. The result has the layout
 of the one-pass calibration's (:class:`~prunelight.importance.accumulator.Calibrated`), so the ranking, the
 apply stage and the reports take it unchanged.
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from prunelight.apply.reconstruction import input_moments, obs_group_scores
 from prunelight.calibration.reconstruct import InputSums, ReduceSum
-from prunelight.calibration.sequential import Captured
+from prunelight.calibration.sequential import Captured, layer_output
 from prunelight.importance.accumulator import Calibrated
 from prunelight.importance.criteria.obs import finite_scores
 from prunelight.importance.groups import attention_groups, group_params
@@ -42,6 +43,7 @@ def obs_scores_sequentially(
     damping: float,
     reduce_sum: ReduceSum | None = None,
     progress: bool = True,
+    center: bool = False,
 ) -> Calibrated:
     """Every layer's OBS group scores, block influence and o/down input means, from the captured inputs.
 
@@ -49,6 +51,9 @@ def obs_scores_sequentially(
         captured: the first layer's inputs and every layer's keyword arguments (this rank's batches).
         damping: ``lam = damping * mean(diag H)`` added to ``H`` (the reconstruction's damping).
         reduce_sum: all-reduce of the sums across ranks (None: one process).
+        center: score on the inputs' covariance (FLAP compensation is on), as the lsq refit then fits the
+            intercept; a projection that has a bias is scored on its covariance in any case. The greedy's
+            error is then the one the refit with intercept leaves, so the choice and the repair agree.
     """
     layers = adapter.decoder_layers(model)
     head_dim = adapter.layout(model.config).head_dim
@@ -76,7 +81,7 @@ def obs_scores_sequentially(
             with torch.no_grad():
                 for h, kw in zip(hidden, kwargs, strict=True):
                     h_in = h.to(device)
-                    h_out = _output(layer(h_in, **kw))
+                    h_out = layer_output(layer(h_in, **kw))
                     changed += influence_sum(h_in, h_out)
                     outputs.append(h_out.to(h.device))
         finally:
@@ -90,9 +95,13 @@ def obs_scores_sequentially(
         tokens = tokens or n
         groups = attention_groups(m, head_dim)
         o_columns = torch.arange(m.o.in_features).reshape(groups, -1)
-        attention.append(_layer_scores(m.o.weight, o_sums, o_columns, damping))
+        attention.append(
+            _layer_scores(m.o.weight, o_sums, o_columns, damping, center or m.o.bias is not None)
+        )
         down_columns = torch.arange(m.down.in_features).reshape(-1, 1)
-        mlp.append(_layer_scores(m.down.weight, down_sums, down_columns, damping))
+        mlp.append(
+            _layer_scores(m.down.weight, down_sums, down_columns, damping, center or m.down.bias is not None)
+        )
         influence.append((changed / n).cpu())
         means[index] = {"o": (o_sums.total / n).cpu(), "down": (down_sums.total / n).cpu()}
         attention_params.append(group_params(m, ATTENTION_PROJECTIONS, head_dim))
@@ -111,9 +120,10 @@ def obs_scores_sequentially(
     return Calibrated(table, means, tokens, None)
 
 
-def _layer_scores(weight: Tensor, sums: InputSums, groups: Tensor, damping: float) -> Tensor:
-    """One projection's group scores: the greedy OBS increases on its input's second moment, made finite."""
-    hessian, _ = input_moments(sums.xtx, None, int(sums.tokens), center=False)
+def _layer_scores(weight: Tensor, sums: InputSums, groups: Tensor, damping: float, center: bool) -> Tensor:
+    """One projection's group scores: the greedy OBS increases on its input's second moment (or covariance,
+    ``center``), made finite."""
+    hessian, _ = input_moments(sums.xtx, sums.total if center else None, int(sums.tokens), center=center)
     _, increase = obs_group_scores(weight, hessian, groups.to(weight.device), damping)
     return finite_scores(increase).double().cpu()
 
@@ -121,7 +131,3 @@ def _layer_scores(weight: Tensor, sums: InputSums, groups: Tensor, damping: floa
 def _summing(sums: InputSums) -> Callable[[nn.Module, tuple], None]:
     """A forward pre-hook adding the module's input to ``sums``."""
     return lambda _module, args: sums.add(args[0])
-
-
-def _output(out: object) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out  # type: ignore[return-value]

@@ -48,7 +48,7 @@ from prunelight.apply.reconstruction import (
     linear_map,
     lsq_refit,
 )
-from prunelight.calibration.sequential import Captured
+from prunelight.calibration.sequential import Captured, layer_output
 from prunelight.errors import ConfigError
 from prunelight.models.adapters import FamilyAdapter
 from prunelight.ranking.plan import LayerPlan, PruningPlan
@@ -245,7 +245,8 @@ def reconstruct_sequentially(
         with torch.no_grad(), _kept_outputs(adapter.modules(layer).down, mlp_out):
             device = next(layer.parameters()).device
             hidden = [
-                _output(layer(h.to(device), **kw)).to(h.device) for h, kw in zip(hidden, kwargs, strict=True)
+                layer_output(layer(h.to(device), **kw)).to(h.device)
+                for h, kw in zip(hidden, kwargs, strict=True)
             ]
     if removed:
         apply_plan(model, PruningPlan([LayerPlan(i, remove_layer=True) for i in removed]))
@@ -306,7 +307,7 @@ def _map_span(
         for b, (h_in, m) in enumerate(zip(hidden, mlp_out, strict=True)):
             h = h_in.to(device)
             for k, layer in enumerate(span):
-                h = _output(layer(h, **kwargs[k][b]))
+                h = layer_output(layer(h, **kwargs[k][b]))
             h_out = h.to(h_in.device)
             targets.append(h_out)
             x = m.to(device).reshape(-1, width).double()
@@ -415,7 +416,3 @@ def _set(linear: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
         linear.weight.copy_(weight)
         if bias is not None:
             linear.bias.copy_(bias)
-
-
-def _output(out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out

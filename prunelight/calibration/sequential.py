@@ -77,7 +77,8 @@ class Catchers:
             self.layers[index] = layer
 
 
-def _output(out: Any) -> torch.Tensor:
+def layer_output(out: Any) -> torch.Tensor:
+    """The hidden states a decoder layer returns (alone, or first in a tuple in older transformers)."""
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -119,5 +120,6 @@ def prune_sequentially(
         del inputs
         with torch.no_grad():
             hidden = [
-                _output(layer(h.to(device), **kw)).to(h.device) for h, kw in zip(hidden, kwargs, strict=True)
+                layer_output(layer(h.to(device), **kw)).to(h.device)
+                for h, kw in zip(hidden, kwargs, strict=True)
             ]

@@ -213,6 +213,7 @@ def _score_sequentially(
         settings.reconstruction.damping,
         reduce_sum=sum_across_ranks(trainer),
         progress=trainer.is_global_zero,
+        center=settings.compensation,
     )
 
 

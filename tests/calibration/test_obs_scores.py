@@ -31,8 +31,13 @@ def obs_scores(model: torch.nn.Module, ids: torch.Tensor):
     return obs_scores_sequentially(model, adapter, catchers.captured, DAMPING, progress=False)
 
 
-def expected(weight: torch.Tensor, inputs: list[torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
+def expected(
+    weight: torch.Tensor, inputs: list[torch.Tensor], groups: torch.Tensor, center: bool
+) -> torch.Tensor:
+    """The greedy on the second moment, or on the covariance where the refit fits an intercept (a bias)."""
     x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
+    if center:
+        x = x - x.mean(dim=0)
     _, increase = obs_group_scores(weight, x.T @ x / x.shape[0], groups, DAMPING)
     return finite_scores(increase)
 
@@ -55,9 +60,11 @@ def test_each_layers_scores_are_obs_on_its_own_dense_inputs(family):
         handle.remove()
     table = obs_scores(model, ids).table
     o_groups = torch.arange(m.o.in_features).reshape(m.k.out_features // 8, -1)  # head_dim 8, GQA 2 per kv
-    torch.testing.assert_close(table.attention[1], expected(m.o.weight, seen["o"], o_groups))
+    o_expected = expected(m.o.weight, seen["o"], o_groups, center=m.o.bias is not None)  # llama: biased o
+    torch.testing.assert_close(table.attention[1], o_expected)
     down_groups = torch.arange(m.down.in_features).reshape(-1, 1)
-    torch.testing.assert_close(table.mlp[1], expected(m.down.weight, seen["down"], down_groups))
+    down_expected = expected(m.down.weight, seen["down"], down_groups, center=m.down.bias is not None)
+    torch.testing.assert_close(table.mlp[1], down_expected)
     for scores in (*table.attention, *table.mlp):
         assert torch.isfinite(scores).all() and (scores >= 0).all()
         assert scores.max() == SURVIVOR_FACTOR * scores[scores < scores.max()].max()
