@@ -1,6 +1,7 @@
-"""One rank of a 2-process gloo DDP prune with lsq reconstruction (launched by test_reconstruct_ddp.py).
+"""One rank of a 2-process gloo DDP prune with lsq reconstruction, scored by ``wanda`` (one pass) or ``obs``
+(the sequential OBS pass), launched by test_reconstruct_ddp.py.
 
-Usage: python reconstruct_ddp_worker.py <model folder> <run folder> <output file>
+Usage: python reconstruct_ddp_worker.py <model folder> <run folder> <output file> <criterion>
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from prunelight.stages.settings import ImportanceSettings, ReconstructionSetting
 from prunelight.trainer import PrunelightTrainer
 
 
-def prune(folder: str, run: str, devices: int, strategy: str) -> dict:
+def prune(folder: str, run: str, devices: int, strategy: str, criterion: str = "wanda") -> dict:
     module = CalibrationModule(path=folder, dtype="float32")
     data = CalibrationDataModule(
         [{"name": "wikitext2", "split": "validation"}],
@@ -36,7 +37,7 @@ def prune(folder: str, run: str, devices: int, strategy: str) -> dict:
     report = trainer.prune(
         module,
         data,
-        importance=ImportanceSettings("wanda"),
+        importance=ImportanceSettings(criterion),
         ranking=RankingConfig(ratio=0.3),
         compensation=True,
         evaluation=None,
@@ -53,7 +54,7 @@ def prune(folder: str, run: str, devices: int, strategy: str) -> dict:
 
 
 if __name__ == "__main__":
-    folder, run, out = sys.argv[1:4]
-    result = prune(folder, run, 2, "ddp")
+    folder, run, out, criterion = sys.argv[1:5]
+    result = prune(folder, run, 2, "ddp", criterion)
     if result["rank"] == 0:
         torch.save(result, out)

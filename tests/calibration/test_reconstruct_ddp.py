@@ -1,10 +1,12 @@
 """lsq reconstruction under DDP (two gloo processes, each with half the calibration windows) gives the plan
-and the repaired weights of one process: the float64 input sums are all-reduced before every refit."""
+and the repaired weights of one process: the float64 input sums are all-reduced before every refit, and
+before every layer's OBS scores when the criterion is ``obs``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import launch_ddp
 from reconstruct_ddp_worker import prune  # tests/calibration is on sys.path (pytest rootdir-less import)
@@ -12,13 +14,13 @@ from reconstruct_ddp_worker import prune  # tests/calibration is on sys.path (py
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_two_processes_reconstruct_like_one(tiny_llama, tmp_path):
+@pytest.mark.parametrize("criterion", ["wanda", "obs"])
+def test_two_processes_reconstruct_like_one(tiny_llama, tmp_path, criterion):
     out = tmp_path / "ddp.pt"
-    launch_ddp(
-        ROOT / "tests/calibration/reconstruct_ddp_worker.py", str(tiny_llama), str(tmp_path / "ddp"), str(out)
-    )
+    worker = ROOT / "tests/calibration/reconstruct_ddp_worker.py"
+    launch_ddp(worker, str(tiny_llama), str(tmp_path / "ddp"), str(out), criterion)
     two = torch.load(out, weights_only=False)
-    one = prune(str(tiny_llama), str(tmp_path / "one"), 1, "auto")
+    one = prune(str(tiny_llama), str(tmp_path / "one"), 1, "auto", criterion)
     assert two["world"] == 2 and one["world"] == 1
     assert one["weights"].keys() == two["weights"].keys()
     for name, weight in one["weights"].items():
