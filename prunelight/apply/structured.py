@@ -155,6 +155,17 @@ def _blocks(units: Sequence[int], width: int, device: torch.device) -> Tensor:
     return (starts[:, None] + offsets[None, :]).reshape(-1)
 
 
+def kept_columns(
+    sizes: LayerSizes, dim: int, projection: str, removed: Sequence[int], device: torch.device
+) -> Tensor:
+    """The input columns of o_proj (``removed`` key/value groups) or down_proj (``removed`` MLP channels) that
+    stay, in the order the smaller module holds them: what apply keeps, and what a refit must fit."""
+    if projection == "o":
+        per_group = sizes.num_attention_heads // sizes.num_key_value_heads
+        return _blocks(_kept(sizes.num_key_value_heads, removed), per_group * dim, device)
+    return torch.tensor(_kept(sizes.intermediate_size, removed), dtype=torch.long, device=device)
+
+
 def _prune_attention(
     layer: nn.Module,
     adapter: FamilyAdapter,
@@ -167,10 +178,9 @@ def _prune_attention(
         return
     m = adapter.modules(layer)
     device = m.q.weight.device
-    kept = _kept(sizes.num_key_value_heads, groups)
     per_group = sizes.num_attention_heads // sizes.num_key_value_heads
-    q_rows = _blocks(kept, per_group * dim, device)
-    kv_rows = _blocks(kept, dim, device)
+    q_rows = kept_columns(sizes, dim, "o", groups, device)  # o's kept columns are q's kept rows
+    kv_rows = _blocks(_kept(sizes.num_key_value_heads, groups), dim, device)
     removed_q = _blocks(groups, per_group * dim, device)
     for name, linear, rows in (("q", m.q, q_rows), ("k", m.k, kv_rows), ("v", m.v, kv_rows)):
         replace_module(layer, projection_path(adapter, name), _select_rows(linear, rows))
@@ -188,7 +198,7 @@ def _prune_mlp(
         return
     m = adapter.modules(layer)
     device = m.gate.weight.device
-    kept = torch.tensor(_kept(sizes.intermediate_size, channels), dtype=torch.long, device=device)
+    kept = kept_columns(sizes, 0, "down", channels, device)
     removed = torch.tensor(list(channels), dtype=torch.long, device=device)
     for name, linear in (("gate", m.gate), ("up", m.up)):
         replace_module(layer, projection_path(adapter, name), _select_rows(linear, kept))

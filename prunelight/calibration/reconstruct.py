@@ -48,6 +48,7 @@ from prunelight.apply.reconstruction import (
     linear_map,
     lsq_refit,
 )
+from prunelight.apply.structured import kept_columns
 from prunelight.calibration.sequential import Captured, layer_output
 from prunelight.errors import ConfigError
 from prunelight.models.adapters import FamilyAdapter
@@ -176,7 +177,7 @@ def reconstruct_sequentially(
     by_layer = {p.layer: p for p in plan.layers}
     removed = [p.layer for p in plan.layers if p.remove_layer]
     if layer_map == "lsq" and removed:
-        _check_foldable(layers[0])
+        _check_foldable(adapter, layers[0])
     hidden = captured.hidden
     mlp_out: list[Tensor] | None = None  # the MLP outputs of the last kept layer, when a span follows it
     report: list[dict[str, Any]] = []
@@ -205,8 +206,8 @@ def reconstruct_sequentially(
             continue  # the pruned model skips it: its input is the next layer's input
         layer = layers[index]
         entry: dict[str, Any] = {"layer": index, "removed": False}
-        kinds = (("o", "attention_groups", _attention_columns), ("down", "mlp_channels", _mlp_columns))
-        for name, field, columns in kinds:
+        kinds = (("o", "attention_groups"), ("down", "mlp_channels"))
+        for name, field in kinds:
             units = getattr(layer_plan, field)
             if not units:
                 entry[name] = None
@@ -227,7 +228,8 @@ def reconstruct_sequentially(
                 entry[name] = None
                 continue
             intercept = compensation or linear.bias is not None
-            keep = columns(model, index, units, linear.in_features, linear.weight.device)
+            sizes = read_layer_sizes(model)[index]
+            keep = kept_columns(sizes, head_dim(model), name, units, linear.weight.device)
             weight, bias, errors = method.refit(linear.weight, sums, keep, linear.bias, intercept, damping)
             means = LayerInputMeans(**{name: sums.total / sums.tokens}) if intercept else None
             apply_plan(
@@ -350,9 +352,10 @@ def _map_span(
     }
 
 
-def _check_foldable(layer: nn.Module) -> None:
-    """The fold maps the MLP output that the residual adds; a norm after the MLP (Gemma 2/3) breaks that."""
-    if getattr(layer, "post_feedforward_layernorm", None) is not None:
+def _check_foldable(adapter: FamilyAdapter, layer: nn.Module) -> None:
+    """The fold maps the MLP output that the residual adds; a norm after the MLP (the adapter's
+    ``mlp_output_norm``, Gemma 2/3) breaks that."""
+    if adapter.mlp_output_norm is not None:
         raise ConfigError(
             f"reconstruction.layers=lsq folds the map into down_proj, but {type(layer).__name__} normalises "
             "the MLP output before the residual add, so the fold would not be linear; set "
@@ -390,25 +393,6 @@ def _hooked(linear: nn.Module, sums: InputSums) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-
-
-def _attention_columns(
-    model: nn.Module, index: int, groups: list[int], width: int, device: torch.device
-) -> Tensor:
-    """The o_proj input columns of the query heads of the kept key/value groups (as apply removes them)."""
-    sizes = read_layer_sizes(model)[index]
-    per_group = sizes.num_attention_heads // sizes.num_key_value_heads * head_dim(model)
-    gone = set(groups)
-    kept = [g for g in range(sizes.num_key_value_heads) if g not in gone]
-    columns = torch.arange(per_group, device=device)
-    return (torch.tensor(kept, device=device)[:, None] * per_group + columns[None, :]).reshape(-1)
-
-
-def _mlp_columns(
-    model: nn.Module, index: int, channels: list[int], width: int, device: torch.device
-) -> Tensor:
-    gone = set(channels)
-    return torch.tensor([c for c in range(width) if c not in gone], dtype=torch.long, device=device)
 
 
 def _set(linear: nn.Module, weight: Tensor, bias: Tensor | None) -> None:

@@ -79,6 +79,9 @@ class FamilyAdapter:
     head_norms: tuple[str, ...] = ()
     """Norms over ``head_dim`` applied per head (Gemma3/Qwen3 ``q_norm``/``k_norm``): pruning whole heads
     leaves them untouched."""
+    mlp_output_norm: str | None = None
+    """A norm applied to the MLP's output before the residual add (Gemma 2/3 ``post_feedforward_layernorm``):
+    a linear map folded into down_proj then no longer acts linearly on the residual."""
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -133,13 +136,20 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         head_norms=("q_norm", "k_norm"),
     ),
     FamilyAdapter("gemma", ("gemma",), qkv_bias="attention_bias", o_bias="attention_bias"),
-    FamilyAdapter("gemma2", ("gemma2",), qkv_bias="attention_bias", o_bias="attention_bias"),
+    FamilyAdapter(
+        "gemma2",
+        ("gemma2",),
+        qkv_bias="attention_bias",
+        o_bias="attention_bias",
+        mlp_output_norm="post_feedforward_layernorm",
+    ),
     FamilyAdapter(
         "gemma3",
         ("gemma3_text",),
         qkv_bias="attention_bias",
         o_bias="attention_bias",
         head_norms=("q_norm", "k_norm"),
+        mlp_output_norm="post_feedforward_layernorm",
     ),
 )
 
