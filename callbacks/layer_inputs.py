@@ -62,6 +62,22 @@ class CaptureCallback(L.Callback):
         pl_module.backward = False
         self._catchers = Catchers(pl_module.model, pl_module.adapter, self.offload).__enter__()
 
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: object,
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # a padding batch (FSDP2 keeps the ranks in step with them) ran for the collectives: drop its record
+        if batch.get("padding") and self._catchers is not None:
+            captured = self._catchers.captured
+            captured.hidden.pop()
+            for per_layer in captured.kwargs:
+                per_layer.pop()
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._release()
 

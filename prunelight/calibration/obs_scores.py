@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from prunelight.apply.reconstruction import input_moments, obs_group_scores
 from prunelight.calibration.reconstruct import InputSums, ReduceSum
-from prunelight.calibration.sequential import Captured, layer_output
+from prunelight.calibration.sequential import Captured, layer_output, on_device
 from prunelight.importance.accumulator import Calibrated
 from prunelight.importance.criteria.obs import finite_scores
 from prunelight.importance.groups import attention_groups, group_params
@@ -44,6 +44,7 @@ def obs_scores_sequentially(
     reduce_sum: ReduceSum | None = None,
     progress: bool = True,
     center: bool = False,
+    device: torch.device | None = None,
 ) -> Calibrated:
     """Every layer's OBS group scores, block influence and o/down input means, from the captured inputs.
 
@@ -54,6 +55,8 @@ def obs_scores_sequentially(
         center: score on the inputs' covariance (FLAP compensation is on), as the lsq refit then fits the
             intercept; a projection that has a bias is scored on its covariance in any case. The greedy's
             error is then the one the refit with intercept leaves, so the choice and the repair agree.
+        device: where each layer runs, moved there one at a time (under FSDP2 the model is a whole copy in
+            host memory); None runs every layer where its weights are.
     """
     layers = adapter.decoder_layers(model)
     head_dim = adapter.layout(model.config).head_dim
@@ -67,47 +70,47 @@ def obs_scores_sequentially(
     tokens = 0
     for index in tqdm(range(len(layers)), desc="obs scores", unit="layer", disable=not progress):
         layer, kwargs = layers[index], captured.kwargs[index]
-        m = adapter.modules(layer)
-        device = m.o.weight.device
-        o_sums = InputSums.zeros(m.o.in_features, device)
-        down_sums = InputSums.zeros(m.down.in_features, device)
-        changed = torch.zeros((), dtype=torch.float64, device=device)
-        outputs = []
-        handles = [
-            m.o.register_forward_pre_hook(_summing(o_sums)),
-            m.down.register_forward_pre_hook(_summing(down_sums)),
-        ]
-        try:
-            with torch.no_grad():
-                for h, kw in zip(hidden, kwargs, strict=True):
-                    h_in = h.to(device)
-                    h_out = layer_output(layer(h_in, **kw))
-                    changed += influence_sum(h_in, h_out)
-                    outputs.append(h_out.to(h.device))
-        finally:
-            for handle in handles:
-                handle.remove()
-        if reduce_sum is not None:
-            o_sums.reduce(reduce_sum)
-            down_sums.reduce(reduce_sum)
-            changed = reduce_sum(changed.clone())
-        n = int(o_sums.tokens)
-        tokens = tokens or n
-        groups = attention_groups(m, head_dim)
-        o_columns = torch.arange(m.o.in_features).reshape(groups, -1)
-        attention.append(
-            _layer_scores(m.o.weight, o_sums, o_columns, damping, center or m.o.bias is not None)
-        )
-        down_columns = torch.arange(m.down.in_features).reshape(-1, 1)
-        mlp.append(
-            _layer_scores(m.down.weight, down_sums, down_columns, damping, center or m.down.bias is not None)
-        )
-        influence.append((changed / n).cpu())
-        means[index] = {"o": (o_sums.total / n).cpu(), "down": (down_sums.total / n).cpu()}
-        attention_params.append(group_params(m, ATTENTION_PROJECTIONS, head_dim))
-        mlp_params.append(group_params(m, MLP_PROJECTIONS, head_dim))
-        del o_sums, down_sums
-        hidden = outputs
+        with on_device([layer], device):
+            m = adapter.modules(layer)
+            here = m.o.weight.device
+            o_sums = InputSums.zeros(m.o.in_features, here)
+            down_sums = InputSums.zeros(m.down.in_features, here)
+            changed = torch.zeros((), dtype=torch.float64, device=here)
+            outputs = []
+            handles = [
+                m.o.register_forward_pre_hook(_summing(o_sums)),
+                m.down.register_forward_pre_hook(_summing(down_sums)),
+            ]
+            try:
+                with torch.no_grad():
+                    for h, kw in zip(hidden, kwargs, strict=True):
+                        h_in = h.to(here)
+                        h_out = layer_output(layer(h_in, **kw))
+                        changed += influence_sum(h_in, h_out)
+                        outputs.append(h_out.to(h.device))
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if reduce_sum is not None:
+                o_sums.reduce(reduce_sum)
+                down_sums.reduce(reduce_sum)
+                changed = reduce_sum(changed.clone())
+            n = int(o_sums.tokens)
+            tokens = tokens or n
+            groups = attention_groups(m, head_dim)
+            o_columns = torch.arange(m.o.in_features).reshape(groups, -1)
+            attention.append(
+                _layer_scores(m.o.weight, o_sums, o_columns, damping, center or m.o.bias is not None)
+            )
+            down_columns = torch.arange(m.down.in_features).reshape(-1, 1)
+            down_center = center or m.down.bias is not None
+            mlp.append(_layer_scores(m.down.weight, down_sums, down_columns, damping, down_center))
+            influence.append((changed / n).cpu())
+            means[index] = {"o": (o_sums.total / n).cpu(), "down": (down_sums.total / n).cpu()}
+            attention_params.append(group_params(m, ATTENTION_PROJECTIONS, head_dim))
+            mlp_params.append(group_params(m, MLP_PROJECTIONS, head_dim))
+            del o_sums, down_sums
+            hidden = outputs
     table = GroupTable(
         attention=attention,
         mlp=mlp,

@@ -49,7 +49,7 @@ from prunelight.apply.reconstruction import (
     lsq_refit,
 )
 from prunelight.apply.structured import kept_columns
-from prunelight.calibration.sequential import Captured, layer_output
+from prunelight.calibration.sequential import Captured, layer_output, on_device
 from prunelight.errors import ConfigError
 from prunelight.models.adapters import FamilyAdapter
 from prunelight.ranking.plan import LayerPlan, PruningPlan
@@ -159,6 +159,7 @@ def reconstruct_sequentially(
     reduce_sum: ReduceSum | None = None,
     progress: bool = True,
     layer_map: LayerMapName = "none",
+    device: torch.device | None = None,
 ) -> list[dict[str, Any]]:
     """Apply ``plan`` to ``model`` in place, layer by layer, refitting each layer's kept o/down columns
     (``method``; None removes them without a refit) and, with ``layer_map="lsq"``, repairing each span of
@@ -169,7 +170,8 @@ def reconstruct_sequentially(
     nothing of that kind was removed or without a method), or ``removed: True`` for a layer the plan drops;
     with ``layer_map="lsq"`` the first layer of each removed span also carries ``map`` (see
     :func:`_map_span`). ``damping`` is relative to the mean diagonal of the inputs' second moment, for the
-    refits and the map alike.
+    refits and the map alike. ``device``: where each layer runs, moved there one at a time (FSDP2 repairs a
+    whole copy held in host memory this way); None runs every layer where its weights are.
     """
     if layer_map not in ("none", "lsq"):
         raise ConfigError(f"reconstruction.layers must be one of none, lsq, got {layer_map!r}")
@@ -197,62 +199,74 @@ def reconstruct_sequentially(
                     assert mlp_out is not None
                     kw = [captured.kwargs[j] for j in range(index, end)]
                     into = adapter.modules(layers[index - 1]).down
-                    hidden, entry["map"] = _map_span(
-                        layers[index:end], into, hidden, mlp_out, kw, damping, reduce_sum
-                    )
+                    with on_device([*layers[index - 1 : end]], device):
+                        hidden, entry["map"] = _map_span(
+                            layers[index:end], into, hidden, mlp_out, kw, damping, reduce_sum
+                        )
                     entry["map"] = {"span": [index, end], "into_layer": index - 1, **entry["map"]}
                 mlp_out = None
             report.append(entry)
             continue  # the pruned model skips it: its input is the next layer's input
         layer = layers[index]
-        entry: dict[str, Any] = {"layer": index, "removed": False}
-        kinds = (("o", "attention_groups"), ("down", "mlp_channels"))
-        for name, field in kinds:
-            units = getattr(layer_plan, field)
-            if not units:
-                entry[name] = None
-                continue
-            linear = getattr(adapter.modules(layer), name)
-            if method is None and not compensation:
-                apply_plan(model, PruningPlan([LayerPlan(index, **{field: units})]))
-                entry[name] = None
-                continue
-            sums = _gather(layer, linear, hidden, kwargs)
-            if reduce_sum is not None:
-                sums.reduce(reduce_sum)
-            if method is None:  # FLAP's compensation on the inputs the pruned model gives the layer
-                means = LayerInputMeans(**{name: sums.total / sums.tokens})
-                apply_plan(
-                    model, PruningPlan([LayerPlan(index, **{field: units})]), compensation={index: means}
-                )
-                entry[name] = None
-                continue
-            intercept = compensation or linear.bias is not None
-            sizes = read_layer_sizes(model)[index]
-            keep = kept_columns(sizes, head_dim(model), name, units, linear.weight.device)
-            weight, bias, errors = method.refit(linear.weight, sums, keep, linear.bias, intercept, damping)
-            means = LayerInputMeans(**{name: sums.total / sums.tokens}) if intercept else None
-            apply_plan(
-                model,
-                PruningPlan([LayerPlan(index, **{field: units})]),
-                compensation={index: means} if means is not None else None,
+        with on_device([layer], device):
+            entry = _repair_layer(
+                model, adapter, index, layer_plan, hidden, kwargs, method, damping, compensation, reduce_sum
             )
-            _set(getattr(adapter.modules(layer), name), weight, bias)
-            entry[name] = {"before": errors.before, "after": errors.after}
-            del sums
-        report.append(entry)
-        follows = by_layer.get(index + 1, LayerPlan(index + 1)).remove_layer and index + 1 < len(layers)
-        keep_mlp = layer_map == "lsq" and follows
-        mlp_out = [] if keep_mlp else None
-        with torch.no_grad(), _kept_outputs(adapter.modules(layer).down, mlp_out):
-            device = next(layer.parameters()).device
-            hidden = [
-                layer_output(layer(h.to(device), **kw)).to(h.device)
-                for h, kw in zip(hidden, kwargs, strict=True)
-            ]
+            report.append(entry)
+            follows = by_layer.get(index + 1, LayerPlan(index + 1)).remove_layer and index + 1 < len(layers)
+            mlp_out = [] if layer_map == "lsq" and follows else None
+            with torch.no_grad(), _kept_outputs(adapter.modules(layer).down, mlp_out):
+                here = next(layer.parameters()).device
+                hidden = [
+                    layer_output(layer(h.to(here), **kw)).to(h.device)
+                    for h, kw in zip(hidden, kwargs, strict=True)
+                ]
     if removed:
         apply_plan(model, PruningPlan([LayerPlan(i, remove_layer=True) for i in removed]))
     return report
+
+
+def _repair_layer(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    index: int,
+    layer_plan: LayerPlan,
+    hidden: list[Tensor],
+    kwargs: list[dict],
+    method: Reconstruction | None,
+    damping: float,
+    compensation: bool,
+    reduce_sum: ReduceSum | None,
+) -> dict[str, Any]:
+    """Remove one kept layer's planned groups, attention first, refitting o_proj then down_proj on the
+    inputs the (already repaired) layer gives them; return the layer's report entry."""
+    layer = adapter.decoder_layers(model)[index]
+    entry: dict[str, Any] = {"layer": index, "removed": False}
+    for name, field in (("o", "attention_groups"), ("down", "mlp_channels")):
+        units = getattr(layer_plan, field)
+        entry[name] = None
+        if not units:
+            continue
+        only = PruningPlan([LayerPlan(index, **{field: units})])
+        linear = getattr(adapter.modules(layer), name)
+        if method is None and not compensation:
+            apply_plan(model, only)
+            continue
+        sums = _gather(layer, linear, hidden, kwargs)
+        if reduce_sum is not None:
+            sums.reduce(reduce_sum)
+        intercept = compensation or linear.bias is not None
+        means = LayerInputMeans(**{name: sums.total / sums.tokens}) if intercept else None
+        if method is None:  # FLAP's compensation on the inputs the pruned model gives the layer
+            apply_plan(model, only, compensation={index: means})
+            continue
+        sizes = read_layer_sizes(model)[index]
+        keep = kept_columns(sizes, head_dim(model), name, units, linear.weight.device)
+        weight, bias, errors = method.refit(linear.weight, sums, keep, linear.bias, intercept, damping)
+        apply_plan(model, only, compensation={index: means} if means is not None else None)
+        _set(getattr(adapter.modules(layer), name), weight, bias)
+        entry[name] = {"before": errors.before, "after": errors.after}
+    return entry
 
 
 def reconstruction_summary(layers: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -13,7 +13,8 @@ layers one at a time over the recorded inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,25 @@ class Catchers:
     def __exit__(self, *exc: object) -> None:
         for index, layer in enumerate(self._originals):
             self.layers[index] = layer
+
+
+@contextmanager
+def on_device(modules: list[nn.Module], device: torch.device | None) -> Iterator[None]:
+    """``modules`` on ``device`` inside the block, then back where each was (``None``: left in place).
+
+    The layer-by-layer passes run an offloaded model this way: under FSDP2 each rank holds a whole copy of
+    the model in host memory and moves one decoder layer at a time to its GPU. Moving keeps each
+    ``nn.Parameter`` object, so a layer whose weights change shape on the device goes back with the new shape.
+    """
+    homes = [next(m.parameters()).device for m in modules]
+    moved = [(m, home) for m, home in zip(modules, homes, strict=True) if device not in (None, home)]
+    for module, _ in moved:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module, home in moved:
+            module.to(home)
 
 
 def layer_output(out: Any) -> torch.Tensor:

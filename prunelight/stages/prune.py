@@ -23,6 +23,7 @@ from prunelight.calibration.reconstruct import (
     reconstruction_named,
     reconstruction_summary,
 )
+from prunelight.calibration.sequential import Captured
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, sum_across_ranks
 from prunelight.diagnostics.layers import layer_report
@@ -87,15 +88,11 @@ def prune_structures(
             "section (sparsity.pattern: unstructured or nm) or pick a structured criterion"
         )
     check_zero_shot(evaluation)
-    if settings.reconstruction.enabled:
-        refuse_sharding(trainer.strategy, "reconstruction (each layer is refit on the whole model)")
     if evaluation is not None and evaluation.zero_shot is not None:
         refuse_sharding(trainer.strategy, "zero-shot evaluation (lm-eval runs the model on rank 0 alone)")
     run_dir = Path(trainer.default_root_dir)
 
     sequential = criterion_info(importance.criterion).sequential_scoring
-    if sequential:
-        refuse_sharding(trainer.strategy, f"criterion {importance.criterion} (each layer is scored in turn)")
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
@@ -127,14 +124,19 @@ def prune_structures(
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
     seconds = {"calibration": calibration["seconds"], "ranking": time.perf_counter() - start}
-    # FSDP2: the plan is applied to a whole copy on rank 0's CPU (None on the other ranks)
-    sharded = is_sharded(module.model)
-    model = _unsharded(module, trainer.is_global_zero, seconds)
-    start = time.perf_counter()
     repair = None
-    if settings.reconstruction.enabled:
-        repair = _reconstruct(trainer, module, datamodule, result.plan, settings)
+    captured = _capture(trainer, module, datamodule, settings) if settings.reconstruction.enabled else None
+    # FSDP2: the plan is applied to a whole copy on rank 0's CPU (None on the other ranks); a repair runs on
+    # every rank's copy, one layer at a time on its device, and only rank 0 keeps the result
+    sharded = is_sharded(module.model)
+    model = _unsharded(module, trainer.is_global_zero or captured is not None, seconds)
+    start = time.perf_counter()
+    if captured is not None:
+        assert model is not None
+        repair = _reconstruct(trainer, module, model, captured, result.plan, settings, sharded)
         seconds["reconstruction"] = time.perf_counter() - start
+        if sharded and not trainer.is_global_zero:
+            module.model = model = None
     elif model is not None:
         means = {i: LayerInputMeans(m["o"], m["down"]) for i, m in calibrated.input_means.items()}
         apply_plan(model, result.plan, compensation=means if compensation else None)
@@ -198,38 +200,59 @@ def prune_structures(
     return report
 
 
+def _capture(
+    trainer: L.Trainer, module: CalibrationModule, datamodule: Any, settings: PruneSettings
+) -> Captured:
+    """This rank's first-layer calibration inputs and every layer's keyword arguments (through the model as
+    it runs, sharded or not)."""
+    capture = CaptureCallback(settings.reconstruction.offload_inputs)
+    run_calibration(trainer, module, datamodule, capture)
+    assert capture.result is not None
+    return capture.result
+
+
 def _score_sequentially(
     trainer: L.Trainer, module: CalibrationModule, datamodule: Any, settings: PruneSettings
 ) -> Calibrated:
     """Capture the first layer's calibration inputs, then score the dense model layer by layer (``obs``)
-    with the reconstruction's damping; the sums are all-reduced across ranks before each layer is scored."""
-    capture = CaptureCallback(settings.reconstruction.offload_inputs)
-    run_calibration(trainer, module, datamodule, capture)
-    assert capture.result is not None and module.model is not None
-    return obs_scores_sequentially(
-        module.model,
+    with the reconstruction's damping; the sums are all-reduced across ranks before each layer is scored.
+    Under FSDP2 every rank scores a whole copy in host memory, one layer at a time on its device."""
+    captured = _capture(trainer, module, datamodule, settings)
+    assert module.model is not None
+    sharded = is_sharded(module.model)
+    model = unsharded_copy(module.model) if sharded else module.model
+    assert model is not None
+    calibrated = obs_scores_sequentially(
+        model,
         module.adapter,
-        capture.result,
+        captured,
         settings.reconstruction.damping,
         reduce_sum=sum_across_ranks(trainer),
         progress=trainer.is_global_zero,
         center=settings.compensation,
+        device=trainer.strategy.root_device if sharded else None,
     )
+    del model
+    return calibrated
 
 
 def _reconstruct(
-    trainer: L.Trainer, module: CalibrationModule, datamodule: Any, plan: PruningPlan, settings: PruneSettings
+    trainer: L.Trainer,
+    module: CalibrationModule,
+    model: Any,
+    captured: Captured,
+    plan: PruningPlan,
+    settings: PruneSettings,
+    offloaded: bool,
 ) -> list[dict[str, Any]]:
-    """Capture the first layer's calibration inputs, then remove ``plan`` layer by layer with the repair
-    (the refit of ``reconstruction.method``, the layer map of ``reconstruction.layers``, or both)."""
-    capture = CaptureCallback(settings.reconstruction.offload_inputs)
-    run_calibration(trainer, module, datamodule, capture)
-    assert capture.result is not None and module.model is not None
+    """Remove ``plan`` from ``model`` layer by layer with the repair (the refit of
+    ``reconstruction.method``, the layer map of ``reconstruction.layers``, or both); ``offloaded``: the model
+    is a copy in host memory whose layers run on the trainer's device one at a time."""
     method = settings.reconstruction.method
     return reconstruct_sequentially(
-        module.model,
+        model,
         module.adapter,
-        capture.result,
+        captured,
         plan,
         reconstruction_named(method) if method != "none" else None,
         settings.reconstruction.damping,
@@ -237,6 +260,7 @@ def _reconstruct(
         reduce_sum=sum_across_ranks(trainer),
         progress=trainer.is_global_zero,
         layer_map=settings.reconstruction.layers,
+        device=trainer.strategy.root_device if offloaded else None,
     )
 
 

@@ -1,7 +1,8 @@
-"""One rank of a 2-process gloo DDP prune with lsq reconstruction, scored by ``wanda`` (one pass) or ``obs``
-(the sequential OBS pass), launched by test_reconstruct_ddp.py.
+"""One rank of a 2-process gloo prune with lsq reconstruction (``ddp``, or ``fsdp2``: every rank repairs a
+whole copy gathered from the shards), scored by ``wanda`` (one pass) or ``obs`` (the sequential OBS pass),
+launched by test_reconstruct_ddp.py.
 
-Usage: python reconstruct_ddp_worker.py <model folder> <run folder> <output file> <criterion>
+Usage: python reconstruct_ddp_worker.py <model folder> <run folder> <output file> <criterion> <strategy>
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def prune(folder: str, run: str, devices: int, strategy: str, criterion: str = "
     module = CalibrationModule(path=folder, dtype="float32")
     data = CalibrationDataModule(
         [{"name": "wikitext2", "split": "validation"}],
-        nsamples=6,
+        nsamples=5,  # odd: under FSDP2 one rank runs a padding batch, which the capture must drop
         seqlen=32,
         batch_size=1,
         split="validation",
@@ -44,7 +45,8 @@ def prune(folder: str, run: str, devices: int, strategy: str, criterion: str = "
         save_model=False,
         reconstruction=ReconstructionSettings("lsq"),
     )
-    weights = {k: v.detach().clone() for k, v in module.model.state_dict().items() if "proj" in k}
+    model = module.model  # under FSDP2 only rank 0 keeps the pruned model
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items() if "proj" in k} if model else None
     return {
         "weights": weights,
         "errors": report["reconstruction"]["mean_error"],
@@ -54,7 +56,7 @@ def prune(folder: str, run: str, devices: int, strategy: str, criterion: str = "
 
 
 if __name__ == "__main__":
-    folder, run, out, criterion = sys.argv[1:5]
-    result = prune(folder, run, 2, "ddp", criterion)
+    folder, run, out, criterion, strategy = sys.argv[1:6]
+    result = prune(folder, run, 2, strategy, criterion)
     if result["rank"] == 0:
         torch.save(result, out)
