@@ -49,6 +49,10 @@ SHAPES = {
         num_key_value_heads=8, num_hidden_layers=80, vocab_size=128256, max_position_embeddings=8192,
         rope_theta=500000.0,
     ),
+    "tiny": dict(  # a smoke run on a CPU: seconds, not a measurement
+        model_type="llama", hidden_size=64, intermediate_size=176, num_attention_heads=4,
+        num_key_value_heads=4, num_hidden_layers=4, vocab_size=1000, max_position_embeddings=512,
+    ),
 }  # fmt: skip
 
 
