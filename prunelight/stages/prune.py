@@ -124,7 +124,8 @@ def prune_structures(
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
     seconds = {"calibration": calibration["seconds"], "ranking": time.perf_counter() - start}
-    repair = None
+    repair, repair_memory = None, {}
+    reset_peak_memory(device)
     captured = _capture(trainer, module, datamodule, settings) if settings.reconstruction.enabled else None
     # FSDP2: the plan is applied to a whole copy on rank 0's CPU (None on the other ranks); a repair runs on
     # every rank's copy, one layer at a time on its device, and only rank 0 keeps the result
@@ -135,6 +136,7 @@ def prune_structures(
         assert model is not None
         repair = _reconstruct(trainer, module, model, captured, result.plan, settings, sharded)
         seconds["reconstruction"] = time.perf_counter() - start
+        repair_memory = peak_memory(device)  # capture and repair: the captured inputs plus one layer's sums
         if sharded and not trainer.is_global_zero:
             module.model = model = None
     elif model is not None:
@@ -171,7 +173,11 @@ def prune_structures(
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
         "diagnosis": vars(diagnosis),
-        "reconstruction": {**vars(settings.reconstruction), **reconstruction_summary(repair)},
+        "reconstruction": {
+            **vars(settings.reconstruction),
+            **reconstruction_summary(repair),
+            **repair_memory,
+        },
         "seconds": seconds,
     }
     if trainer.is_global_zero:
