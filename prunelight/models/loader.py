@@ -25,7 +25,7 @@ from prunelight.hub import hub_status
 from prunelight.models import zoo
 from prunelight.models.adapters import FamilyAdapter, adapter_for
 from prunelight.models.checkpoint import check_folder, check_gguf_file, check_tokenizer_files
-from prunelight.models.gguf import drop_quantization_config, require_gguf
+from prunelight.models.gguf import drop_quantization_config, gguf_tokenizer, require_gguf
 from prunelight.models.spec import ModelSpec
 
 
@@ -118,7 +118,10 @@ def load_tokenizer(spec: ModelSpec, source: Source | None = None) -> PreTrainedT
     if source.local and not source.gguf_file:
         check_tokenizer_files(Path(source.location))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs(spec))
+        if source.local and source.gguf_file:  # some GGUF vocabularies transformers rebuilds wrongly
+            tokenizer = gguf_tokenizer(Path(source.location) / source.gguf_file)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs(spec))
     except (OSError, ValueError, TypeError) as err:
         raise ModelError(
             f"could not load the tokenizer of {spec.path!r}: {_first_line(err)}; a model folder needs its "
