@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelight.models.adapters import LayerModules
-from prunelight.models.projections import ATTENTION_PROJECTIONS, COLUMN_PROJECTIONS, ROW_PROJECTIONS
+from prunelight.models.adapters import FamilyAdapter, LayerModules
+from prunelight.models.projections import (
+    ATTENTION_PROJECTIONS,
+    COLUMN_PROJECTIONS,
+    MLP_PROJECTIONS,
+    ROW_PROJECTIONS,
+)
+from prunelight.ranking.table import GroupTable
 
 
 def attention_groups(m: LayerModules, head_dim: int) -> int:
@@ -44,3 +50,30 @@ def group_params(m: LayerModules, names: tuple[str, ...], head_dim: int) -> int:
         elif name in COLUMN_PROJECTIONS:
             total += linear.out_features * linear.in_features // groups
     return total
+
+
+def structure_table(model: nn.Module, adapter: FamilyAdapter, seed: int = 0) -> GroupTable:
+    """``model``'s group table with placeholder scores (seeded, positive): every size and parameter count the
+    ranking's limits are checked against, from the shapes alone (a model on the meta device will do).
+
+    The stages rank it before calibrating, so a target the limits cannot reach (``max_rate``,
+    ``first_layers_max_rate``, the one group every layer keeps) fails in a second instead of after a
+    calibration that can take minutes (``obs`` on a 7B model: about 20).
+    """
+    head_dim = adapter.layout(model.config).head_dim
+    layers = adapter.decoder_layers(model)
+    mods = [adapter.modules(layer) for layer in layers]
+    generator = torch.Generator().manual_seed(seed)
+
+    def placeholder(n: int) -> torch.Tensor:
+        return torch.rand(n, generator=generator, dtype=torch.float64) + 0.5
+
+    return GroupTable(
+        attention=[placeholder(attention_groups(m, head_dim)) for m in mods],
+        mlp=[placeholder(m.down.in_features) for m in mods],
+        attention_group_params=[group_params(m, ATTENTION_PROJECTIONS, head_dim) for m in mods],
+        mlp_channel_params=[group_params(m, MLP_PROJECTIONS, head_dim) for m in mods],
+        layer_params=[sum(p.numel() for p in layer.parameters()) for layer in layers],
+        total_params=sum(p.numel() for p in model.parameters()),
+        block_importance=torch.ones(len(layers), dtype=torch.float64),
+    )

@@ -76,6 +76,25 @@ def check_against_config(
         check_layers(ranking, layers, name)
     if sparsity is not None and ranking is not None:
         check_sparse(module, sparsity, ranking)
+    elif ranking is not None and ranking.remove_layers == 0:
+        check_reachable(module, ranking)
+
+
+def check_reachable(module: Any, ranking: RankingConfig) -> None:
+    """The ranking's target within its per-layer limits, ranked on placeholder scores of the model's shapes
+    (:func:`~prunelight.importance.groups.structure_table`): a target the limits cannot reach is the ranking's
+    own one-line error, before the calibration. Layer removal is left to the ranking: which layers go depends
+    on the measured block influence."""
+    from prunelight.importance.groups import structure_table
+    from prunelight.ranking import rank
+    from prunelight.save.layers import recorded_layer_sizes, resize_to_recorded
+
+    model = _meta_model(module)
+    if model is None or getattr(module, "adapter", None) is None:
+        return
+    if getattr(module, "model", None) is None and recorded_layer_sizes(model.config) is not None:
+        resize_to_recorded(model)  # a pruned checkpoint: its per-layer sizes, not the config's uniform ones
+    rank(structure_table(model, module.adapter), ranking)
 
 
 def check_sparse_ratio(ranking: RankingConfig, sparsity: SparsitySettings) -> None:
