@@ -7,6 +7,7 @@ written into a staging folder renamed when the run completes (:mod:`prunelight.r
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import warnings
@@ -79,6 +80,58 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 ``data``."""
 
 
+_NULLS = frozenset({"null", "Null", "NULL", "~"})
+
+
+def nested_nulls(args: list[str] | tuple[str, ...], options: Any) -> list[str]:
+    """``args`` with each ``--section.sub.key null`` given as ``--section.sub '{"key": null}'``.
+
+    jsonargparse passes a dotted key below an optional section (``evaluation: EvaluationSettings | None``)
+    on to the section's own parser as the text ``--sub.key=<value>`` of the value it has already loaded, so
+    ``null`` arrives there as the string ``None``: an ``int | None`` refuses it, a ``str | None`` keeps the
+    string. A mapping one level down is parsed as a value, not as text, and is merged with what the section
+    already holds, as the dotted key would be. ``options`` are the option strings the subcommand's parser
+    registered; a key registered itself (the fields of a section that is not optional) is left as it is.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.partition("=")
+        paired = not eq and i + 1 < len(args)
+        if paired:
+            value = args[i + 1]
+        rewritten = _nested_null(key, value, options) if key.startswith("--") and (eq or paired) else None
+        if rewritten is None:
+            out.append(arg)
+            i += 1
+            continue
+        out.extend(rewritten)
+        i += 1 if eq else 2
+    return out
+
+
+def _nested_null(key: str, value: str, options: Any) -> list[str] | None:
+    """``[--section.sub, '{"key": null}']`` for a null two or more keys below a section option, else None."""
+    if value.strip() not in _NULLS or key in options:
+        return None
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        if ".".join(parts[:n]) in options:
+            break
+    else:
+        return None
+    if parts[n] == "init_args":
+        n += 1
+    rest = parts[n:]
+    if len(rest) < 2 or rest[0] == "dict_kwargs":
+        return None
+    nested: Any = None
+    for part in reversed(rest[1:]):
+        nested = {part: nested}
+    return [".".join(parts[: n + 1]), json.dumps(nested)]
+
+
 class PrunelightCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -145,7 +198,12 @@ class PrunelightCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's, without its warning that ``args`` and ``sys.argv`` were both given: prunelight always
         passes the arguments itself (``main`` needs them to dispatch ``report``/``compare``/``experiment``,
-        ``experiment`` passes each cell's), so the mistake it warns about cannot happen."""
+        ``experiment`` passes each cell's), so the mistake it warns about cannot happen. A ``null`` two keys
+        below a section option is given to jsonargparse as a mapping (:func:`nested_nulls`)."""
+        if isinstance(args, (list, tuple)):
+            subcommand = next((arg for arg in args if arg in self._subcommand_parsers), None)
+            if subcommand is not None:
+                args = nested_nulls(args, self._subcommand_parsers[subcommand]._option_string_actions)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
             super().parse_arguments(parser, args)

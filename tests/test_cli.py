@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from prunelight.cli import SUBCOMMANDS
+from prunelight.cli import SUBCOMMANDS, nested_nulls
 from prunelight.main import main
 
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("study_"))
@@ -171,3 +171,79 @@ def test_fit_keeps_lightnings_places_of_the_fine_tuning_settings(capsys):
     assert printed["model"]["init_args"]["lora"]["rank"] == 4
     assert printed["data"]["init_args"]["block_size"] == 64
     assert not set(FINETUNE_SECTIONS) & set(printed)
+
+
+ZERO_SHOT = ["prune", "--config", str(ROOT / "configs" / "prune_smollm2_taylor.yaml")]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["--evaluation.zero_shot.tasks", "[piqa]", "--evaluation.zero_shot.limit", "null"], {"limit": None}),
+        (["--evaluation.zero_shot.tasks=[piqa]", "--evaluation.zero_shot.limit=null"], {"limit": None}),
+        (["--evaluation.zero_shot.tasks", "[piqa]", "--evaluation.zero_shot.limit", "5"], {"limit": 5}),
+        (
+            ["--evaluation.zero_shot.tasks", "[piqa]", "--evaluation.zero_shot.data_root", "null"],
+            {"data_root": None},
+        ),
+        (
+            ["--evaluation.init_args.zero_shot.cache_dir", "~", "--evaluation.zero_shot.tasks", "[piqa]"],
+            {"cache_dir": None},
+        ),
+        (["--evaluation.zero_shot", "{tasks: [piqa], limit: null}"], {"limit": None}),
+    ],
+)
+def test_null_in_a_section_of_an_optional_section_is_none(override, expected, capsys):
+    """jsonargparse hands a null two keys below ``evaluation`` on as the text None (cli.nested_nulls)."""
+    zero_shot = _print_config(capsys, *ZERO_SHOT, *override)["evaluation"]["zero_shot"]
+    assert zero_shot["tasks"] == ["piqa"]
+    assert {key: zero_shot[key] for key in expected} == expected
+
+
+def test_null_on_the_command_line_keeps_the_rest_of_the_yaml_section(tmp_path, capsys):
+    config = tmp_path / "zero_shot.yaml"
+    config.write_text(
+        "evaluation:\n  max_windows: 4\n  zero_shot: {tasks: [piqa, arc_easy], limit: 10, batch_size: 2}\n"
+    )
+    printed = _print_config(
+        capsys, *ZERO_SHOT, "--config", str(config), "--evaluation.zero_shot.limit", "null"
+    )
+    evaluation = printed["evaluation"]
+    assert evaluation["max_windows"] == 4
+    assert evaluation["zero_shot"]["tasks"] == ["piqa", "arc_easy"]
+    assert evaluation["zero_shot"]["batch_size"] == 2
+    assert evaluation["zero_shot"]["limit"] is None
+    config.write_text("evaluation:\n  zero_shot: {tasks: [piqa], limit: null}\n")
+    assert (
+        _print_config(capsys, *ZERO_SHOT, "--config", str(config))["evaluation"]["zero_shot"]["limit"] is None
+    )
+
+
+def test_a_bad_limit_is_still_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*ZERO_SHOT, "--evaluation.zero_shot.tasks", "[piqa]", "--evaluation.zero_shot.limit", "abc"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["prunelight: error: evaluation.zero_shot.limit: expected int, got 'abc'"]
+
+
+def test_nested_nulls_rewrites_only_a_null_two_keys_below_a_section_option():
+    options = {"--evaluation": None, "--ranking.tau": None, "--print_config": None}
+    args = ["prune", "--evaluation.zero_shot.limit", "null", "--evaluation.a.b.c=~", "--evaluation.x", "null"]
+    assert nested_nulls([*args, "--ranking.tau", "null", "--evaluation.zero_shot.limit", "5"], options) == [
+        "prune",
+        "--evaluation.zero_shot",
+        '{"limit": null}',
+        "--evaluation.a",
+        '{"b": {"c": null}}',
+        "--evaluation.x",
+        "null",
+        "--ranking.tau",
+        "null",
+        "--evaluation.zero_shot.limit",
+        "5",
+    ]
+    assert nested_nulls(["--print_config", "--evaluation.y.z"], options) == [
+        "--print_config",
+        "--evaluation.y.z",
+    ]
