@@ -22,6 +22,7 @@ from prunelight.calibration.reconstruct import (
     reconstruct_sequentially,
     reconstruction_named,
     reconstruction_summary,
+    warn_if_few_tokens,
 )
 from prunelight.calibration.sequential import Captured
 from prunelight.callbacks.importance import ImportanceCallback
@@ -134,7 +135,7 @@ def prune_structures(
     start = time.perf_counter()
     if captured is not None:
         assert model is not None
-        repair = _reconstruct(trainer, module, model, captured, result.plan, settings, sharded)
+        repair = _reconstruct(trainer, module, model, datamodule, captured, result.plan, settings, sharded)
         seconds["reconstruction"] = time.perf_counter() - start
         repair_memory = peak_memory(device)  # capture and repair: the captured inputs plus one layer's sums
         if sharded and not trainer.is_global_zero:
@@ -246,6 +247,7 @@ def _reconstruct(
     trainer: L.Trainer,
     module: CalibrationModule,
     model: Any,
+    datamodule: CalibrationDataModule,
     captured: Captured,
     plan: PruningPlan,
     settings: PruneSettings,
@@ -255,6 +257,8 @@ def _reconstruct(
     ``reconstruction.method``, the layer map of ``reconstruction.layers``, or both); ``offloaded``: the model
     is a copy in host memory whose layers run on the trainer's device one at a time."""
     method = settings.reconstruction.method
+    if method != "none" and trainer.is_global_zero:
+        warn_if_few_tokens(datamodule.nsamples * datamodule.seqlen, model, module.adapter)
     return reconstruct_sequentially(
         model,
         module.adapter,

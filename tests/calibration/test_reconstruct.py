@@ -199,3 +199,21 @@ def test_a_sparse_run_with_reconstruction_is_one_line(tiny_llama, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "repairs structured pruning" in err[0]
     assert not any(tmp_path.rglob("summary.md"))
+
+
+def test_too_few_calibration_tokens_per_refit_column_are_warned_about(caplog):
+    """Fewer tokens than TOKENS_PER_INPUT per input column of the widest refit projection: one warning that
+    names the count to reach; enough tokens: none."""
+    from prunelight.calibration.reconstruct import TOKENS_PER_INPUT, warn_if_few_tokens
+
+    model = make_model("llama")
+    adapter = adapter_for(model)
+    m = adapter.modules(adapter.decoder_layers(model)[0])
+    widest = max(m.o.in_features, m.down.in_features)
+    with caplog.at_level("WARNING", logger="prunelight.calibration.reconstruct"):
+        warn_if_few_tokens(TOKENS_PER_INPUT * widest - 1, model, adapter)
+    assert len(caplog.records) == 1 and f"at least {TOKENS_PER_INPUT * widest}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prunelight.calibration.reconstruct"):
+        warn_if_few_tokens(TOKENS_PER_INPUT * widest, model, adapter)
+    assert not caplog.records
