@@ -19,7 +19,9 @@ table, on the same windows, in this order (the last one changes the model):
 3. **obs scoring**: ``obs_scores_sequentially`` (criterion ``obs``) on the dense model: per layer one pass
    that sums the o_proj and down_proj inputs (float64) and the block influence, then the full greedy grouped
    OBS of every attention group and every MLP channel (``obs_group_scores``: 11008 greedy steps per layer at
-   the LLaMA-2-7B shape, the slow part), then the layer's outputs for the next layer.
+   the LLaMA-2-7B shape, the slow part), then the layer's outputs for the next layer. With
+   ``--obs-batch-fraction F`` (default 1/64; 0 leaves it out) a second row runs it with
+   ``reconstruction.obs_batch_fraction: F`` (the MLP channels' greedy removes F of the live ones per step).
 4. **lsq repair**: ``reconstruct_sequentially`` with the ``lsq`` method on the 20% global plan that
    ``prunelight.ranking.rank`` makes of the baseline's Taylor table (``RankingConfig(ratio=0.2,
    temperature=1.0, tau=None)``, as ``calibration_breakdown.py``): per layer the o_proj input sums, the
@@ -44,7 +46,10 @@ The second table is the linear algebra of one layer alone, on random weights and
 small problem (cuSOLVER handles): ``lsq_refit`` of down_proj ``[hidden x intermediate]`` and of o_proj
 ``[hidden x hidden]`` keeping 80% of their columns (whole heads for o_proj), and ``obs_group_scores`` on both
 (single columns for down_proj, one group of columns per key/value head for o_proj: 32 groups of 128 at the
-LLaMA-2-7B shape), with the milliseconds per greedy step.
+LLaMA-2-7B shape), with the milliseconds per greedy step; and, with ``--obs-batch-fraction``, the batched
+greedy on down_proj (``obs_greedy`` to the end with ``batch_fraction=F``: the same work as
+``obs_group_scores``, which also counts the steps), its milliseconds per (batched) step and its speed-up over
+the one-at-a-time row.
 
 Peak memory is CUDA's allocator peak since the row started, the model's weights included (and the captured
 inputs for the sequential rows); on a CPU it is the process's peak RSS so far, which cannot be reset, so only
@@ -72,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibration_breakdown import first  # noqa: E402
 from calibration_cost import build, model_arguments, prunelight_calibration, windows_for  # noqa: E402
 
-from prunelight.apply.reconstruction import lsq_refit, obs_group_scores  # noqa: E402
+from prunelight.apply.reconstruction import lsq_refit, obs_greedy, obs_group_scores  # noqa: E402
 from prunelight.calibration.obs_scores import obs_scores_sequentially  # noqa: E402
 from prunelight.calibration.reconstruct import reconstruct_sequentially, reconstruction_named  # noqa: E402
 from prunelight.callbacks.layer_inputs import CaptureCallback  # noqa: E402
@@ -151,15 +156,19 @@ def linear_algebra(
     device: torch.device,
     damping: float,
     obs: bool,
+    batch_fraction: float = 0.0,
 ) -> list[tuple[str, str, str, float, str, str]]:
     """One layer's refits and greedy OBS scorings on random inputs, each timed once after a small warm-up.
 
     ``shapes``: name -> ``(d_out, d_in, groups)``, the columns split into ``groups`` equal consecutive groups.
+    ``batch_fraction`` > 0 adds the batched greedy on the single-column shapes (down_proj).
     """
     w = random_weight(8, 16, dtype, device, 0)
     h = random_spd(16, device, 0)
     lsq_refit(w, h, torch.arange(12, device=device), damping)
     obs_group_scores(w, h, torch.arange(16, device=device).reshape(4, 4), damping)
+    if batch_fraction:
+        obs_greedy(w, h, torch.arange(16, device=device).reshape(16, 1), 15, damping, 0.25)
     synchronize(device)
     rows = []
     for seed, (name, (d_out, d_in, groups)) in enumerate(shapes.items()):
@@ -175,6 +184,16 @@ def linear_algebra(
             what = f"{groups} x {d_in // groups}"
             step = f"{seconds / (groups - 1) * 1e3:.2f}" if groups > 1 else ""
             rows.append((f"obs_group_scores {name}", f"{d_out} x {d_in}", what, seconds, step, peak))
+            if batch_fraction and groups == d_in and groups > 1:
+                exact = seconds
+                run = partial(obs_greedy, weight, hessian, columns, groups - 1, damping, batch_fraction)
+                seconds, result, peak = timed(device, run)
+                steps = len(result.steps)
+                what = f"{groups} x 1, {steps} steps, {exact / seconds:.1f}x the speed of one at a time"
+                step = f"{seconds / steps * 1e3:.2f}"
+                call = f"obs_greedy {name}, batch_fraction {batch_fraction:g}"
+                rows.append((call, f"{d_out} x {d_in}", what, seconds, step, peak))
+                del result
         del weight, hessian
     return rows
 
@@ -186,6 +205,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None, help="cut the model to N decoder layers")
     parser.add_argument("--skip-obs", action="store_true", help="leave out the obs scoring and its timings")
     parser.add_argument(
+        "--obs-batch-fraction",
+        type=float,
+        default=1 / 64,
+        help="also time obs with reconstruction.obs_batch_fraction F (the MLP greedy's share a step; 0: no)",
+    )
+    parser.add_argument(
         "--allocation",
         choices=("global", "uniform"),
         default="global",
@@ -196,6 +221,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.layers is not None and args.layers < 1:
         parser.error("--layers must be at least 1")
+    if not 0 <= args.obs_batch_fraction <= 1:
+        parser.error("--obs-batch-fraction must be in [0, 1]")
+    batch = 0.0 if args.skip_obs else args.obs_batch_fraction
     run_layers, args.layers = args.layers, args.depth  # build() cuts the model to args.layers
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one trainer per row: no banners
 
@@ -254,6 +282,7 @@ def main() -> None:
 
     # the linear algebra's first call on the device (cuSOLVER handles) is not the sequential passes' cost
     linear_algebra({"warm-up": (8, 16, 4)}, model.dtype, device, damping, obs=not args.skip_obs)
+    batched_full = math.nan
 
     if not args.skip_obs:
         with first_layers(model, run_layers) as k:
@@ -262,6 +291,12 @@ def main() -> None:
         obs_full = seconds / k * depth
         rows.append(("obs scoring (obs_scores_sequentially)", f"{k} of {depth}", seconds, seconds / k,
                      obs_full, peak))  # fmt: skip
+        if batch:
+            with first_layers(model, run_layers) as k:
+                seconds, _, peak = timed(device, partial(scoring, batch_fraction=batch))
+            batched_full = seconds / k * depth
+            what = f"obs scoring, obs_batch_fraction {batch:g}"
+            rows.append((what, f"{k} of {depth}", seconds, seconds / k, batched_full, peak))
 
     with first_layers(model, run_layers) as k:
         part = PruningPlan([p for p in plan.layers if p.layer < k])
@@ -280,7 +315,7 @@ def main() -> None:
 
     dtype = str(model.dtype).removeprefix("torch.")
     del model, captured, report, m  # m: layer 0's modules
-    algebra = linear_algebra(shapes, getattr(torch, dtype), device, damping, obs=not args.skip_obs)
+    algebra = linear_algebra(shapes, getattr(torch, dtype), device, damping, not args.skip_obs, batch)
 
     print("\n| what ran | layers run | seconds | s / layer | full depth s | x baseline | peak GB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -305,6 +340,12 @@ def main() -> None:
             ("criterion obs", capture_s + obs_full),
             ("criterion obs + reconstruction lsq", 2 * capture_s + obs_full + lsq_full),
         ]
+    if batch:
+        estimates += [
+            (f"criterion obs, obs_batch_fraction {batch:g}", capture_s + batched_full),
+            (f"criterion obs, obs_batch_fraction {batch:g} + reconstruction lsq",
+             2 * capture_s + batched_full + lsq_full),
+        ]  # fmt: skip
     print("the prune stage's calibration and repair at full depth, from the rows (ranking not included):")
     for what, seconds in estimates:
         print(f"- {what}: {seconds:.2f} s, {seconds / baseline:.2f} x calibration alone")

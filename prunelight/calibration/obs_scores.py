@@ -10,10 +10,11 @@ not changed, so every layer sees the dense model's activations.
 
 A group's score is its error increase in the greedy (:func:`~prunelight.apply.reconstruction.obs_group_scores`
 on ``H = sum x x^T / n``, the uncentred second moment, or the covariance where the refit fits an intercept,
-with ``reconstruction.damping``), the last survivor's
-``+inf`` made finite by :func:`~prunelight.importance.criteria.obs.finite_scores`. The result has the layout
-of the one-pass calibration's (:class:`~prunelight.importance.accumulator.Calibrated`), so the ranking, the
-apply stage and the reports take it unchanged.
+with ``reconstruction.damping``; the MLP channels ``reconstruction.obs_batch_fraction`` of the live ones per
+step, the attention groups one at a time), the last survivor's ``+inf`` made finite by
+:func:`~prunelight.importance.criteria.obs.finite_scores`. The result has the layout of the one-pass
+calibration's (:class:`~prunelight.importance.accumulator.Calibrated`), so the ranking, the apply stage and
+the reports take it unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def obs_scores_sequentially(
     progress: bool = True,
     center: bool = False,
     device: torch.device | None = None,
+    batch_fraction: float = 0.0,
 ) -> Calibrated:
     """Every layer's OBS group scores, block influence and o/down input means, from the captured inputs.
 
@@ -57,6 +59,9 @@ def obs_scores_sequentially(
             error is then the one the refit with intercept leaves, so the choice and the repair agree.
         device: where each layer runs, moved there one at a time (under FSDP2 the model is a whole copy in
             host memory); None runs every layer where its weights are.
+        batch_fraction: the share of the live MLP channels the down_proj greedy removes per step with one
+            joint OBS update (:func:`~prunelight.apply.reconstruction.obs_greedy`); 0 is the exact greedy,
+            one channel per step. The attention groups (a few per layer) are always scored one at a time.
     """
     layers = adapter.decoder_layers(model)
     head_dim = adapter.layout(model.config).head_dim
@@ -104,7 +109,9 @@ def obs_scores_sequentially(
             )
             down_columns = torch.arange(m.down.in_features).reshape(-1, 1)
             down_center = center or m.down.bias is not None
-            mlp.append(_layer_scores(m.down.weight, down_sums, down_columns, damping, down_center))
+            mlp.append(
+                _layer_scores(m.down.weight, down_sums, down_columns, damping, down_center, batch_fraction)
+            )
             influence.append((changed / n).cpu())
             means[index] = {"o": (o_sums.total / n).cpu(), "down": (down_sums.total / n).cpu()}
             attention_params.append(group_params(m, ATTENTION_PROJECTIONS, head_dim))
@@ -123,11 +130,13 @@ def obs_scores_sequentially(
     return Calibrated(table, means, tokens, None)
 
 
-def _layer_scores(weight: Tensor, sums: InputSums, groups: Tensor, damping: float, center: bool) -> Tensor:
+def _layer_scores(
+    weight: Tensor, sums: InputSums, groups: Tensor, damping: float, center: bool, batch_fraction: float = 0.0
+) -> Tensor:
     """One projection's group scores: the greedy OBS increases on its input's second moment (or covariance,
-    ``center``), made finite."""
+    ``center``), ``batch_fraction`` of the live groups per step, made finite."""
     hessian, _ = input_moments(sums.xtx, sums.total if center else None, int(sums.tokens), center=center)
-    _, increase = obs_group_scores(weight, hessian, groups.to(weight.device), damping)
+    _, increase = obs_group_scores(weight, hessian, groups.to(weight.device), damping, batch_fraction)
     return finite_scores(increase).double().cpu()
 
 

@@ -222,8 +222,9 @@ def _score_sequentially(
     trainer: L.Trainer, module: CalibrationModule, datamodule: Any, settings: PruneSettings
 ) -> Calibrated:
     """Capture the first layer's calibration inputs, then score the dense model layer by layer (``obs``)
-    with the reconstruction's damping; the sums are all-reduced across ranks before each layer is scored.
-    Under FSDP2 every rank scores a whole copy in host memory, one layer at a time on its device."""
+    with the reconstruction's damping and OBS batch fraction; the sums are all-reduced across ranks before
+    each layer is scored. Under FSDP2 every rank scores a whole copy in host memory, one layer at a time on
+    its device."""
     captured = _capture(trainer, module, datamodule, settings)
     assert module.model is not None
     sharded = is_sharded(module.model)
@@ -237,6 +238,7 @@ def _score_sequentially(
         reduce_sum=sum_across_ranks(trainer),
         progress=trainer.is_global_zero,
         center=settings.compensation,
+        batch_fraction=settings.reconstruction.obs_batch_fraction,
         device=trainer.strategy.root_device if sharded else None,
     )
     del model

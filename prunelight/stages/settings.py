@@ -232,7 +232,12 @@ class ReconstructionSettings:
         method: ``none`` (the kept weights stay as they are) or ``lsq`` (least squares, ridge toward the
             original weights; with ``compensation`` or an existing bias, the bias is the fitted intercept).
         damping: ridge strength, a fraction of the mean diagonal of the inputs' second moment (of the layer
-            map's ``X^T X`` too); raise it when a layer's inputs are (nearly) linearly dependent.
+            map's ``X^T X`` too); raise it when a layer's inputs are (nearly) linearly dependent. The ``obs``
+            criterion's greedy uses it too.
+        obs_batch_fraction: the ``obs`` criterion's greedy on MLP channels removes this share of the live
+            channels per step with one joint OBS update (at least one per step); 0, the default, is the exact
+            one-at-a-time greedy. 1/64 takes a 7B down_proj's 11008 steps down to 426 (docs/pruning.md).
+            Attention groups are always scored one at a time.
         offload_inputs: keep the captured layer inputs in CPU memory (calibration sets whose activations do
             not fit next to the model).
         layers: ``none`` (removed layers are dropped) or ``lsq`` (each span of removed layers is replaced by
@@ -242,6 +247,7 @@ class ReconstructionSettings:
 
     method: ReconstructionName = "none"
     damping: float = 0.01
+    obs_batch_fraction: float = 0.0
     offload_inputs: bool = False
     layers: LayerMapName = "none"
 
@@ -250,6 +256,11 @@ class ReconstructionSettings:
             reconstruction_named(self.method)
         if not self.damping >= 0:
             raise ConfigError(f"reconstruction.damping must be >= 0, got {self.damping}")
+        if not 0 <= self.obs_batch_fraction <= 1:
+            raise ConfigError(
+                f"reconstruction.obs_batch_fraction must be in [0, 1] (0: one group per greedy step), "
+                f"got {self.obs_batch_fraction}"
+            )
         if self.layers not in ("none", "lsq"):
             raise ConfigError(f"reconstruction.layers must be one of none, lsq, got {self.layers!r}")
 

@@ -1,8 +1,10 @@
 """Layer reconstruction: the refit of kept columns is the least-squares optimum (with and without an
 intercept, shrinking to FLAP's bias compensation as damping grows); greedy grouped OBS picks, at every
 step, the group a brute-force search over refits would pick, predicts its cost exactly and ends at the
-refit of what it kept; ReplaceMe's map recovers a known linear map and folds exactly; bad input is a
-ConfigError that says to raise the damping. Tiny float64 tensors from a seeded generator."""
+refit of what it kept; batched, it removes the cheapest share of the live groups per step by one joint
+update that is exact for the set (the refit of what it kept, the joint increase the measured one) and is
+the exact greedy at its default; ReplaceMe's map recovers a known linear map and folds exactly; bad input
+is a ConfigError that says to raise the damping. Tiny float64 tensors from a seeded generator."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from prunelight.apply.reconstruction import (
     input_moments,
     linear_map,
     lsq_refit,
+    obs_greedy,
     obs_group_order,
     obs_group_scores,
 )
@@ -192,6 +195,81 @@ def test_obs_group_scores_rank_every_group() -> None:
     assert int(torch.argmax(scores)) == survivor
 
 
+def test_obs_batching_is_off_by_default_and_a_batch_of_one_is_the_exact_greedy() -> None:
+    W, _, X = make_layer(seed=5, d_in=24)
+    H, _ = moments(X)
+    groups = torch.randperm(24, generator=torch.Generator().manual_seed(2)).reshape(8, 3)
+    exact = obs_greedy(W, H, groups, remove=7)
+    assert exact.steps.tolist() == [1] * 7
+    torch.testing.assert_close(exact.joint, exact.increase, rtol=0, atol=0)
+    # A fraction too small for two groups in any step takes the one-at-a-time path, bit for bit.
+    small = obs_greedy(W, H, groups, remove=7, batch_fraction=0.2)
+    for a, b in zip(exact, small, strict=True):
+        assert torch.equal(a, b)
+    position, scores = obs_group_scores(W, H, groups)
+    assert torch.equal(position[exact.order], torch.arange(7))
+    assert torch.equal(scores[exact.order], exact.increase)
+
+
+@pytest.mark.parametrize(("size", "fraction"), [(1, 0.25), (3, 0.5), (1, 1.0)])
+@pytest.mark.parametrize("damping", [0.0, 0.05])
+def test_batched_obs_is_exact_for_the_sets_it_removes(size: int, fraction: float, damping: float) -> None:
+    W, _, X = make_layer(seed=8, d_in=24, tokens=120)
+    H, _ = moments(X)
+    groups = torch.randperm(24, generator=torch.Generator().manual_seed(9)).reshape(-1, size)
+    n = len(groups)
+    result = obs_greedy(W, H, groups, remove=n - 1, damping=damping, batch_fraction=fraction)
+    # Fewer steps than groups, every removal counted once.
+    assert len(result.steps) < n - 1 and int(result.steps.sum()) == n - 1 and int(result.steps.max()) > 1
+    assert sorted(result.order.tolist()) == sorted(set(result.order.tolist()))
+    # The joint updates compose to the refit of what is kept ...
+    removed = groups[result.order].flatten()
+    kept = torch.tensor(sorted(set(range(24)) - set(removed.tolist())))
+    torch.testing.assert_close(result.weight, refit_full(W, H, kept, damping), rtol=0, atol=1e-9)
+    assert bool((result.weight[:, removed] == 0).all())
+    # ... and the steps' joint increases add up to the measured error, which the per-group estimates do not.
+    measured = damped_error(W, result.weight, H, damping)
+    assert float(result.joint.sum()) == pytest.approx(measured, rel=1e-9)
+    assert float(result.increase.sum()) != pytest.approx(measured, rel=1e-6)
+
+
+def test_a_batched_step_takes_the_cheapest_single_removals_and_their_joint_cost() -> None:
+    W, _, X = make_layer(seed=10, d_in=24, tokens=120)
+    H, _ = moments(X)
+    groups = torch.arange(24).reshape(8, 3)
+    damping = 0.05
+    result = obs_greedy(W, H, groups, remove=7, damping=damping, batch_fraction=0.5)
+    assert result.steps.tolist()[:2] == [4, 2]
+
+    def refit_error(removed: list[int]) -> float:
+        K = torch.tensor(sorted(set(range(24)) - set(groups[removed].flatten().tolist())))
+        return damped_error(W, refit_full(W, H, K, damping), H, damping)
+
+    single = {g: refit_error([g]) for g in range(8)}
+    cheapest = sorted(single, key=single.__getitem__)[:4]
+    assert result.order[:4].tolist() == cheapest  # in the order of their scores
+    torch.testing.assert_close(result.increase[:4], torch.tensor([single[g] for g in cheapest], dtype=F64))
+    assert float(result.joint[0]) == pytest.approx(refit_error(cheapest), rel=1e-9)
+    first_two = result.order[:6].tolist()
+    assert float(result.joint[:2].sum()) == pytest.approx(refit_error(first_two), rel=1e-9)
+
+    position, scores = obs_group_scores(W, H, groups, damping, batch_fraction=0.5)
+    assert torch.equal(position[result.order], torch.arange(7))
+    torch.testing.assert_close(scores[result.order], result.increase, rtol=0, atol=0)
+    for start, k in zip(result.steps.cumsum(0) - result.steps, result.steps.tolist(), strict=True):
+        step = result.increase[start : start + k]
+        assert torch.equal(step, step.sort().values)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, float("nan"), True, "1/64"])
+def test_a_bad_obs_batch_fraction_is_one_line(fraction) -> None:
+    W, _, X = make_layer()
+    H, _ = moments(X)
+    with pytest.raises(ConfigError, match=r"batch fraction must be a number in \[0, 1\]") as raised:
+        obs_group_scores(W, H, torch.arange(D_IN).reshape(4, 3), batch_fraction=fraction)
+    assert "\n" not in str(raised.value)
+
+
 def test_obs_keeps_dtype_and_inputs() -> None:
     W, _, X = make_layer()
     H, _ = moments(X)
@@ -265,3 +343,23 @@ def test_obs_falls_back_to_pinv_when_a_group_block_will_not_factorise(
     assert order.tolist() == expected[0].tolist()
     torch.testing.assert_close(increase, expected[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(new, expected[2], rtol=0, atol=1e-9)
+
+
+def test_batched_obs_falls_back_to_pinv_when_a_set_block_will_not_factorise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    W, _, X = make_layer(seed=6, d_in=24, tokens=120)
+    H, _ = moments(X)
+    groups = torch.arange(24).reshape(12, 2)
+    expected = obs_greedy(W, H, groups, remove=11, batch_fraction=0.5)
+    real = torch.linalg.cholesky_ex
+
+    def failing_blocks(A: Tensor, **kwargs):
+        L, info = real(A, **kwargs)
+        return (torch.full_like(L, float("nan")), torch.ones_like(info)) if A.shape[-1] < 24 else (L, info)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failing_blocks)
+    result = obs_greedy(W, H, groups, remove=11, batch_fraction=0.5)
+    assert result.order.tolist() == expected.order.tolist() and result.steps.tolist() == [6, 3, 1, 1]
+    torch.testing.assert_close(result.joint, expected.joint, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(result.weight, expected.weight, rtol=0, atol=1e-9)

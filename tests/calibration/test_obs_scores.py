@@ -1,7 +1,7 @@
 """The obs criterion: each layer's scores are the greedy grouped OBS increases on that layer's own input
-second moments (the survivor made finite), the table has the one-pass calibration's layout, parameter counts
-and block influence, and the prune command runs it (with and without lsq) and refuses it for
-sparse pruning."""
+second moments (the survivor made finite; the MLP channels batched when asked), the table has the one-pass
+calibration's layout, parameter counts and block influence, and the prune command runs it (with and without
+lsq, batched) and refuses it for sparse pruning."""
 
 from __future__ import annotations
 
@@ -23,27 +23,35 @@ from prunelight.save import load_pruned
 DAMPING = 0.01
 
 
-def obs_scores(model: torch.nn.Module, ids: torch.Tensor):
+def obs_scores(model: torch.nn.Module, ids: torch.Tensor, batch_fraction: float = 0.0):
     adapter = adapter_for(model)
     with Catchers(model, adapter) as catchers, torch.no_grad():
         for batch in ids.split(2):
             model(batch, use_cache=False)
-    return obs_scores_sequentially(model, adapter, catchers.captured, DAMPING, progress=False)
+    return obs_scores_sequentially(
+        model, adapter, catchers.captured, DAMPING, progress=False, batch_fraction=batch_fraction
+    )
 
 
 def expected(
-    weight: torch.Tensor, inputs: list[torch.Tensor], groups: torch.Tensor, center: bool
+    weight: torch.Tensor,
+    inputs: list[torch.Tensor],
+    groups: torch.Tensor,
+    center: bool,
+    batch_fraction: float = 0.0,
 ) -> torch.Tensor:
     """The greedy on the second moment, or on the covariance where the refit fits an intercept (a bias)."""
     x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs]).double()
     if center:
         x = x - x.mean(dim=0)
-    _, increase = obs_group_scores(weight, x.T @ x / x.shape[0], groups, DAMPING)
+    _, increase = obs_group_scores(weight, x.T @ x / x.shape[0], groups, DAMPING, batch_fraction)
     return finite_scores(increase)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_each_layers_scores_are_obs_on_its_own_dense_inputs(family):
+@pytest.mark.parametrize(
+    ("family", "batch_fraction"), [("llama", 0.0), ("gemma3", 0.0), ("llama", 0.25), ("gemma3", 0.25)]
+)
+def test_each_layers_scores_are_obs_on_its_own_dense_inputs(family, batch_fraction):
     model = make_model(family, layers=3)
     ids = tokens(batch=4)
     adapter = adapter_for(model)
@@ -58,13 +66,17 @@ def test_each_layers_scores_are_obs_on_its_own_dense_inputs(family):
             model(batch)
     for handle in handles:
         handle.remove()
-    table = obs_scores(model, ids).table
+    table = obs_scores(model, ids, batch_fraction).table
     o_groups = torch.arange(m.o.in_features).reshape(m.k.out_features // 8, -1)  # head_dim 8, GQA 2 per kv
     o_expected = expected(m.o.weight, seen["o"], o_groups, center=m.o.bias is not None)  # llama: biased o
     torch.testing.assert_close(table.attention[1], o_expected)
     down_groups = torch.arange(m.down.in_features).reshape(-1, 1)
-    down_expected = expected(m.down.weight, seen["down"], down_groups, center=m.down.bias is not None)
+    down_center = m.down.bias is not None
+    down_expected = expected(m.down.weight, seen["down"], down_groups, down_center, batch_fraction)
     torch.testing.assert_close(table.mlp[1], down_expected)
+    if batch_fraction:  # the MLP channels are batched (so their scores differ), the attention groups are not
+        exact = expected(m.down.weight, seen["down"], down_groups, down_center)
+        assert not torch.allclose(table.mlp[1], exact, rtol=1e-6, atol=0)
     for scores in (*table.attention, *table.mlp):
         assert torch.isfinite(scores).all() and (scores >= 0).all()
         assert scores.max() == SURVIVOR_FACTOR * scores[scores < scores.max()].max()
@@ -121,13 +133,22 @@ def test_the_one_pass_calibration_refuses_obs():
         ImportanceCallback("obs")
 
 
-@pytest.mark.parametrize("method", ["none", "lsq"])
-def test_the_prune_subcommand_ranks_by_obs(tiny_llama, tmp_path, method):
-    main(
-        tiny_prune_args(
-            tiny_llama, tmp_path, "--importance.criterion", "obs", "--reconstruction.method", method
-        )
-    )
+@pytest.mark.parametrize(("method", "batch_fraction"), [("none", 0.0), ("lsq", 0.25)])
+def test_the_prune_subcommand_ranks_by_obs(tiny_llama, tmp_path, monkeypatch, method, batch_fraction):
+    import prunelight.stages.prune as prune_stage
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_fraction"])
+        return obs_scores_sequentially(*args, **kwargs)
+
+    monkeypatch.setattr(prune_stage, "obs_scores_sequentially", spy)
+    args = ["--importance.criterion", "obs", "--reconstruction.method", method]
+    if batch_fraction:
+        args += ["--reconstruction.obs_batch_fraction", str(batch_fraction)]
+    main(tiny_prune_args(tiny_llama, tmp_path, *args))
+    assert seen == [batch_fraction]
     run = next(tmp_path.glob("*/run"))
     assert (run / "summary.md").is_file()
     assert (run / "analysis" / "reconstruction.json").is_file() == (method == "lsq")

@@ -159,6 +159,11 @@ def test_removed_layers_are_skipped_and_dropped():
 def test_settings_refuse_what_reconstruction_cannot_serve():
     with pytest.raises(ConfigError, match="damping must be >= 0"):
         ReconstructionSettings("lsq", damping=-0.1)
+    for fraction in (-0.5, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"obs_batch_fraction must be in \[0, 1\]") as raised:
+            ReconstructionSettings(obs_batch_fraction=fraction)
+        assert "\n" not in str(raised.value)
+    assert ReconstructionSettings(obs_batch_fraction=1 / 64).obs_batch_fraction == 1 / 64
     from prunelight.stages.settings import PruneSettings
 
     with pytest.raises(ConfigError, match="repairs structured pruning"):
