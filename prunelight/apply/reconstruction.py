@@ -11,7 +11,7 @@ quadratic form (derivations in the notes behind this module, summarised here):
   (the block-inverse identity ``G_MK = -G_MM H_MK H_KK^-1`` with ``G = H^-1``), so the ``obs`` criterion and
   the refit agree. With the input mean and the covariance it also fits the intercept; freezing ``W'_K = W_K``
   there gives exactly FLAP's bias compensation ``b + W_M mu_M`` (An et al., AAAI 2024).
-* :func:`obs_greedy` / :func:`obs_group_order`: ZipLM's exact greedy grouped OBS (Kurtic et al., NeurIPS
+* :func:`obs_greedy`: ZipLM's exact greedy grouped OBS (Kurtic et al., NeurIPS
   2023; code as carried in IST-DASLab/DarwinLM ``fast_obc_struct.py``): remove one group of columns at a
   time, the one whose exact error increase ``tr(W_g (G_gg)^-1 W_g^T)`` is least, update the other columns,
   and downdate ``G`` by a Schur complement instead of inverting again; or, batched, the cheapest share of
@@ -96,7 +96,7 @@ def lsq_refit(
     Minimises ``||W X - W'_K X_K||^2 + lam ||W'_K - W_K||^2`` with ``lam = damping * mean(diag(H))``:
     ``W'_K = (W H[:, K] + lam W_K) (H_KK + lam I)^-1``. The ridge term pulls toward the original ``W_K``,
     not toward 0, because that is what a damped joint OBS removal of the other columns gives (the same
-    ``lam`` as :func:`obs_group_order`, so for the same ``damping`` the two agree exactly); ``damping=0`` is
+    ``lam`` as :func:`obs_greedy`, so for the same ``damping`` the two agree exactly); ``damping=0`` is
     the plain least squares ``W H[:, K] H_KK^-1``.
 
     Args:
@@ -226,25 +226,6 @@ def obs_greedy(
     return result._replace(weight=result.weight.to(weight.dtype))
 
 
-def obs_group_order(
-    weight: Tensor,
-    hessian: Tensor,
-    groups: Tensor,
-    remove: int,
-    damping: float = 0.01,
-    batch_fraction: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Remove ``remove`` column groups greedily by grouped OBS (ZipLM); return order, costs, weight.
-
-    :func:`obs_greedy` without the steps: ``(order, increase, new_weight)``, the removed group indices
-    (rows of ``groups``) in removal order (int64), each group's predicted error increase at its step
-    (float64, the scale of ``H``; exact one at a time, the default), and the updated ``[d_out, d_in]``
-    weight in ``weight``'s dtype with the removed columns exactly zero.
-    """
-    result = obs_greedy(weight, hessian, groups, remove, damping, batch_fraction)
-    return result.order, result.increase, result.weight
-
-
 def obs_group_scores(
     weight: Tensor, hessian: Tensor, groups: Tensor, damping: float = 0.01, batch_fraction: float = 0.0
 ) -> tuple[Tensor, Tensor]:
@@ -329,7 +310,7 @@ def _greedy_obs(
     weight: Tensor, hessian: Tensor, groups: Tensor, remove: int, damping: float, batch_fraction: float
 ) -> ObsGreedy:
     """The greedy of :func:`obs_greedy`, returning the weight in float64."""
-    d_out, d_in = _check_weight_hessian(weight, hessian, "obs_group_order")
+    d_out, d_in = _check_weight_hessian(weight, hessian, "obs_greedy")
     n_groups = _check_groups(groups, d_in)
     _check_damping(damping)
     _check_batch_fraction(batch_fraction)

@@ -18,7 +18,6 @@ from prunelight.apply.reconstruction import (
     linear_map,
     lsq_refit,
     obs_greedy,
-    obs_group_order,
     obs_group_scores,
 )
 from prunelight.errors import ConfigError
@@ -154,7 +153,7 @@ def test_greedy_obs_matches_brute_force_refits(damping: float) -> None:
     W, _, X = make_layer(seed=3)
     H, _ = moments(X)
     groups = torch.randperm(D_IN, generator=torch.Generator().manual_seed(4)).reshape(4, 3)
-    order, increase, final = obs_group_order(W, H, groups, remove=3, damping=damping)
+    order, increase, final, *_ = obs_greedy(W, H, groups, remove=3, damping=damping)
     assert increase.dtype == F64 and order.tolist() != []
 
     removed: list[int] = []
@@ -171,7 +170,7 @@ def test_greedy_obs_matches_brute_force_refits(damping: float) -> None:
         removed.append(choice)
         error = candidates[choice]
         # The updated weight after this many steps is measured on the damped H at the predicted total.
-        _, _, W_step = obs_group_order(W, H, groups, remove=step + 1, damping=damping)
+        _, _, W_step, *_ = obs_greedy(W, H, groups, remove=step + 1, damping=damping)
         assert damped_error(W, W_step, H, damping) == pytest.approx(
             float(increase[: step + 1].sum()), rel=1e-9
         )
@@ -185,7 +184,7 @@ def test_obs_group_scores_rank_every_group() -> None:
     W, _, X = make_layer(seed=5)
     H, _ = moments(X)
     groups = torch.arange(D_IN).reshape(4, 3)
-    order, increase, _ = obs_group_order(W, H, groups, remove=3)
+    order, increase, _, *_ = obs_greedy(W, H, groups, remove=3)
     position, scores = obs_group_scores(W, H, groups)
     assert sorted(position.tolist()) == [0, 1, 2, 3]
     assert position[order].tolist() == [0, 1, 2]
@@ -274,7 +273,7 @@ def test_obs_keeps_dtype_and_inputs() -> None:
     W, _, X = make_layer()
     H, _ = moments(X)
     W32, H_before = W.float(), H.clone()
-    _, _, new = obs_group_order(W32, H, torch.arange(D_IN).reshape(6, 2), remove=2)
+    _, _, new, *_ = obs_greedy(W32, H, torch.arange(D_IN).reshape(6, 2), remove=2)
     refit, _, _ = lsq_refit(W32, H, keep_ids())
     assert new.dtype == refit.dtype == torch.float32
     assert torch.equal(W32, W.float()) and torch.equal(H, H_before)
@@ -304,7 +303,7 @@ def test_bad_damping_and_singular_hessians_say_raise_the_damping() -> None:
     with pytest.raises(ConfigError, match="damping"):
         lsq_refit(W, H, keep_ids(), damping=-0.1)
     with pytest.raises(ConfigError, match="damping"):
-        obs_group_order(W, H, groups, remove=1, damping=-0.1)
+        obs_greedy(W, H, groups, remove=1, damping=-0.1)
     with pytest.raises(ConfigError, match="damping"):
         linear_map(X.T @ X, X.T @ X, damping=-1.0)
 
@@ -316,12 +315,12 @@ def test_bad_damping_and_singular_hessians_say_raise_the_damping() -> None:
         lsq_refit(W, H_twin, K, damping=0.0)
     assert "\n" not in str(raised.value)
     with pytest.raises(ConfigError, match="damping"):
-        obs_group_order(W, H_twin, groups, remove=1, damping=0.0)
+        obs_greedy(W, H_twin, groups, remove=1, damping=0.0)
     with pytest.raises(ConfigError, match="damping"):
         linear_map(twin.T @ twin, twin.T @ X, damping=0.0)
     # The suggested fix works.
     lsq_refit(W, H_twin, K, damping=0.01)
-    obs_group_order(W, H_twin, groups, remove=1, damping=0.01)
+    obs_greedy(W, H_twin, groups, remove=1, damping=0.01)
     linear_map(twin.T @ twin, twin.T @ X, damping=0.01)
 
 
@@ -331,7 +330,7 @@ def test_obs_falls_back_to_pinv_when_a_group_block_will_not_factorise(
     W, _, X = make_layer(seed=6)
     H, _ = moments(X)
     groups = torch.arange(D_IN).reshape(4, 3)
-    expected = obs_group_order(W, H, groups, remove=3)
+    expected = obs_greedy(W, H, groups, remove=3)
     real = torch.linalg.cholesky_ex
 
     def failing_blocks(A: Tensor, **kwargs):
@@ -339,7 +338,7 @@ def test_obs_falls_back_to_pinv_when_a_group_block_will_not_factorise(
         return (torch.full_like(L, float("nan")), torch.ones_like(info)) if A.ndim == 3 else (L, info)
 
     monkeypatch.setattr(torch.linalg, "cholesky_ex", failing_blocks)
-    order, increase, new = obs_group_order(W, H, groups, remove=3)
+    order, increase, new, *_ = obs_greedy(W, H, groups, remove=3)
     assert order.tolist() == expected[0].tolist()
     torch.testing.assert_close(increase, expected[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(new, expected[2], rtol=0, atol=1e-9)
