@@ -82,6 +82,10 @@ class FamilyAdapter:
     mlp_output_norm: str | None = None
     """A norm applied to the MLP's output before the residual add (Gemma 2/3 ``post_feedforward_layernorm``):
     a linear map folded into down_proj then no longer acts linearly on the residual."""
+    gguf_sentencepiece_bpe: bool = False
+    """The family's GGUF files hold a SentencePiece BPE vocabulary without merges whose scores are merge ranks
+    (Gemma): prunelight builds that tokenizer itself, since transformers 5.17 rebuilds it as a Unigram that
+    reloads as one token per character (:func:`prunelight.models.gguf.gguf_tokenizer`)."""
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -135,13 +139,16 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         o_bias="attention_bias",
         head_norms=("q_norm", "k_norm"),
     ),
-    FamilyAdapter("gemma", ("gemma",), qkv_bias="attention_bias", o_bias="attention_bias"),
+    FamilyAdapter(
+        "gemma", ("gemma",), qkv_bias="attention_bias", o_bias="attention_bias", gguf_sentencepiece_bpe=True
+    ),
     FamilyAdapter(
         "gemma2",
         ("gemma2",),
         qkv_bias="attention_bias",
         o_bias="attention_bias",
         mlp_output_norm="post_feedforward_layernorm",
+        gguf_sentencepiece_bpe=True,
     ),
     FamilyAdapter(
         "gemma3",
@@ -150,10 +157,13 @@ FAMILIES: tuple[FamilyAdapter, ...] = (
         o_bias="attention_bias",
         head_norms=("q_norm", "k_norm"),
         mlp_output_norm="post_feedforward_layernorm",
+        gguf_sentencepiece_bpe=True,
     ),
 )
 
 _BY_MODEL_TYPE = {model_type: adapter for adapter in FAMILIES for model_type in adapter.model_types}
+BY_FAMILY = {adapter.family: adapter for adapter in FAMILIES}
+"""Adapters by family name, which is also llama.cpp's ``general.architecture`` for these families."""
 
 
 def supported_model_types() -> list[str]:

@@ -1,7 +1,7 @@
 """GGUF checkpoints, dequantised through transformers' own GGUF reader.
 
-The weights and the config come from transformers. The tokenizer does too, except for the architectures
-of :data:`TOKENIZER_BUILDERS`, whose tokenizer some transformers versions rebuild wrongly from the GGUF
+The weights and the config come from transformers. The tokenizer does too, except for the families whose
+adapter sets ``gguf_sentencepiece_bpe`` (Gemma): some transformers versions rebuild it wrongly from the GGUF
 metadata: Gemma's GGUF stores a SentencePiece BPE vocabulary with no merges and with scores that are merge
 ranks (``-position``), not log-probabilities. transformers 5.17 turns it into a Unigram model over those
 scores, which splits words into short pieces, adds no ``<bos>``, and once saved and loaded again becomes a
@@ -13,7 +13,6 @@ vocabulary, and every converted tokenizer is checked before it is written.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from prunelight.errors import ModelError
+from prunelight.models.adapters import BY_FAMILY
 
 # llama.cpp's token types (gguf.TokenType)
 NORMAL, CONTROL, USER_DEFINED, BYTE = 1, 3, 4, 6
@@ -201,23 +201,14 @@ def sentencepiece_bpe(vocab: GgufVocab) -> PreTrainedTokenizerBase:
     )
 
 
-TOKENIZER_BUILDERS: dict[str, Callable[[GgufVocab], PreTrainedTokenizerBase]] = {
-    "gemma": sentencepiece_bpe,
-    "gemma2": sentencepiece_bpe,
-    "gemma3": sentencepiece_bpe,
-}
-"""``general.architecture`` -> the builder of its tokenizer, for SentencePiece (``tokenizer.ggml.model ==
-"llama"``) vocabularies that transformers' GGUF reader does not rebuild reliably. Others go through
-``AutoTokenizer.from_pretrained(..., gguf_file=...)``."""
-
-
 def gguf_tokenizer(gguf: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer of a GGUF file: built here for :data:`TOKENIZER_BUILDERS`, else by transformers."""
+    """The tokenizer of a GGUF file: built here for a family whose adapter says its vocabulary needs it
+    (``FamilyAdapter.gguf_sentencepiece_bpe``), else by transformers."""
     require_gguf(str(gguf))
     vocab = read_vocab(gguf)
-    builder = TOKENIZER_BUILDERS.get(vocab.architecture)
-    if builder is not None and vocab.model == "llama":
-        tokenizer = builder(vocab)
+    family = BY_FAMILY.get(vocab.architecture)
+    if family is not None and family.gguf_sentencepiece_bpe and vocab.model == "llama":
+        tokenizer = sentencepiece_bpe(vocab)
     else:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     check_tokenizer(tokenizer, str(gguf))
@@ -257,12 +248,9 @@ def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> 
     loading path (quantizer hooks, config entries) survives into the saved folder. The tokenizer is
     :func:`gguf_tokenizer`'s, checked once more after it is saved.
     """
-    require_gguf(str(gguf))
-    tokenizer = gguf_tokenizer(gguf)
+    tokenizer = gguf_tokenizer(gguf)  # checks that the gguf package is installed
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
+    config = drop_quantization_config(loaded).config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.to(dtype).save_pretrained(out)
