@@ -48,6 +48,10 @@ class CorpusSpec:
         text_field: the field holding the text in jsonl/json/parquet files and hub datasets.
         config: hub dataset configuration name (``hf:`` corpora).
         per_line: ``.txt`` files only: one document per non-blank line instead of one per file.
+        documents: ``[start, stop]``, fractions of the split: keep only its documents from ``start`` to
+            ``stop`` in file order (SQuAD: whole articles). Two disjoint parts of one split let calibration
+            and evaluation share a corpus that has a single split without sharing text, e.g. SQuAD dev
+            offline: ``[0, 0.5]`` to calibrate, ``[0.5, 1]`` to evaluate.
     """
 
     name: str
@@ -57,8 +61,17 @@ class CorpusSpec:
     text_field: str = "text"
     config: str | None = None
     per_line: bool = False
+    documents: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.documents is not None:
+            start, stop = (float(x) for x in self.documents)
+            if not 0 <= start < stop <= 1:
+                raise ConfigError(
+                    f"corpus {self.name!r}: documents must be [start, stop] with 0 <= start < stop <= 1 "
+                    f"(fractions of the split), got {list(self.documents)}"
+                )
+            object.__setattr__(self, "documents", (start, stop))
         if not 0 < self.weight < float("inf"):
             raise ConfigError(f"corpus {self.name!r}: weight must be > 0 and finite, got {self.weight}")
         if self.format is not None and self.format not in SQUAD_FORMATS:
@@ -74,7 +87,17 @@ class CorpusSpec:
             if _is_file_name(self.name)
             else self.name.removeprefix("hf:").replace("/", "_")
         )
-        return f"{base}_{self.format}" if self.format else base
+        label = f"{base}_{self.format}" if self.format else base
+        return f"{label}_{self.documents[0]:g}-{self.documents[1]:g}" if self.documents else label
+
+
+def part_of(items: list, documents: tuple[float, float] | None) -> list:
+    """The items from fraction ``start`` to ``stop`` of the list (all of it for None); consecutive parts
+    (``[0, 0.5]``, ``[0.5, 1]``) split it without overlap or gap."""
+    if documents is None:
+        return items
+    n = len(items)
+    return items[round(documents[0] * n) : round(documents[1] * n)]
 
 
 def as_spec(corpus: str | CorpusSpec | dict[str, Any]) -> CorpusSpec:
@@ -230,7 +253,7 @@ def load_corpus(corpus: str | CorpusSpec | dict, split: str, root: str | Path | 
         raise ConfigError(f"format is a SQuAD setting, but corpus {spec.name!r} is not squad")
     if _is_file_name(spec.name):
         path = Path(spec.name).expanduser()
-        docs = read_documents(path, spec.text_field, spec.per_line)
+        docs = part_of(read_documents(path, spec.text_field, spec.per_line), spec.documents)
         return Corpus(
             spec.label, docs, "\n\n", ordered=not spec.per_line and len(docs) == 1, origin=str(path)
         )
@@ -259,7 +282,7 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
     hub_error = hub.describe()
     if hub_split is not None and hub.reachable:
         try:
-            texts = _hub_texts(named, spec, hub_split)
+            texts = _documents_of(named, spec, _hub_texts(named, spec, hub_split))
             return Corpus(spec.label, texts, named.join, named.ordered, f"hub:{named.hub_path}:{hub_split}")
         except (
             Exception
@@ -268,9 +291,14 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
             log.info("corpus %s: %s; trying the data root %s", named.name, hub_error, root)
     matches = _local_copy(named, local_split, root)
     if matches:
-        texts = [t for path in matches for t in _local_texts(named, spec, path)]
+        texts = _documents_of(named, spec, [t for path in matches for t in _local_texts(named, spec, path)])
         return Corpus(spec.label, texts, named.join, named.ordered, str(matches[0]))
     raise DataError(_not_available(named, split, local_split, root, hub_error))
+
+
+def _documents_of(named: NamedCorpus, spec: CorpusSpec, texts: list[str]) -> list[str]:
+    """``spec.documents`` of the split's texts (SQuAD's texts are already cut, by article)."""
+    return texts if named.squad_layout else part_of(texts, spec.documents)
 
 
 def _local_copy(named: NamedCorpus, local_split: str, root: Path) -> list[Path]:
@@ -318,11 +346,9 @@ def unavailable(corpus: str | CorpusSpec | dict, split: str, root: str | Path | 
 
 def _local_texts(named: NamedCorpus, spec: CorpusSpec, path: Path) -> list[str]:
     if named.squad_layout:
-        records = [(context, question, answer) for context, question, answer, _ in squad_records(path)]
-        return _squad_texts(records, spec.format or "context")
+        return _squad_texts(squad_records(path), spec)
     if suffix_of(path) in (".txt", ".raw"):
-        rows = (named.text_rows or _stripped_lines)(read_documents(path)[0])
-        return rows
+        return (named.text_rows or _stripped_lines)(read_documents(path)[0])
     return read_documents(path, "text")
 
 
@@ -334,8 +360,10 @@ def _hub_texts(named: NamedCorpus, spec: CorpusSpec, hub_split: str) -> list[str
         kwargs["data_files"] = {hub_split: named.hub_data_files[hub_split]}
     dataset = datasets.load_dataset(named.hub_path, named.hub_config, **kwargs)
     if named.squad_layout:
-        records = ((r["context"], r["question"], (r["answers"]["text"] or [""])[0]) for r in dataset)
-        return _squad_texts(records, spec.format or "context")
+        records = [
+            (r["context"], r["question"], (r["answers"]["text"] or [""])[0], r["title"]) for r in dataset
+        ]
+        return _squad_texts(records, spec)
     return list(dataset[named.text_field])
 
 
@@ -357,7 +385,8 @@ def _load_hub_dataset(spec: CorpusSpec, split: str) -> Corpus:
             f"(columns: {', '.join(dataset.column_names)});"
             " set text_field"
         )
-    return Corpus(spec.label, list(dataset[spec.text_field]), "\n\n", False, f"hub:{path}:{split}")
+    texts = part_of(list(dataset[spec.text_field]), spec.documents)
+    return Corpus(spec.label, texts, "\n\n", False, f"hub:{path}:{split}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,8 +417,15 @@ def squad_records(path: Path) -> list[tuple[str, str, str, str]]:
         raise DataError(f"{path}: not a SQuAD v1.1 file ({type(err).__name__}: {err})") from None
 
 
-def _squad_texts(records, fmt: str) -> list[str]:
-    """One text per paragraph (``context``) or per question (the other two formats)."""
+def _squad_texts(records: list[tuple[str, str, str, str]], spec: CorpusSpec) -> list[str]:
+    """One text per paragraph (``context``) or per question (the other two formats), from the articles in
+    ``spec.documents`` (a part never splits an article, so two parts share no paragraph)."""
+    articles = part_of(list(dict.fromkeys(article for *_, article in records)), spec.documents)
+    if spec.documents is not None:
+        kept = set(articles)
+        records = [r for r in records if r[3] in kept]
+    records = [(context, question, answer) for context, question, answer, _ in records]
+    fmt = spec.format or "context"
     if fmt == "context":
         return list(dict.fromkeys(context for context, _, _ in records))
     if fmt == "context_question":

@@ -109,6 +109,41 @@ def test_squad_shorthand_string():
     assert load_corpus("squad:prompt", "validation").label == "squad_prompt"
 
 
+@pytest.mark.parametrize("fmt", ["context", "prompt"])
+def test_squad_documents_split_by_article_without_overlap(fmt):
+    """Two parts of SQuAD dev share no paragraph and together give every text, so one split can calibrate
+    on one part and be evaluated on the other."""
+    whole = load_corpus(CorpusSpec("squad", format=fmt), "validation").texts
+    first, second = (
+        load_corpus(CorpusSpec("squad", format=fmt, documents=part), "validation")
+        for part in ([0, 0.5], [0.5, 1])
+    )
+    assert first.label == f"squad_{fmt}_0-0.5" and second.label == f"squad_{fmt}_0.5-1"
+    assert first.texts and second.texts and first.texts + second.texts == whole
+
+    def paragraphs(texts):
+        return {t.split("\n")[0] for t in texts}
+
+    assert not paragraphs(first.texts) & paragraphs(second.texts)
+
+
+def test_documents_of_a_running_text_and_a_local_file(tmp_path):
+    rows = load_corpus("ptb", "test").texts
+    assert load_corpus({"name": "ptb", "documents": [0.25, 0.5]}, "test").texts == rows[
+        round(0.25 * len(rows)) : round(0.5 * len(rows))
+    ]
+    path = tmp_path / "notes.txt"
+    path.write_text("\n".join(f"line {i}" for i in range(10)))
+    part = load_corpus({"name": str(path), "per_line": True, "documents": [0.8, 1]}, "test")
+    assert part.texts == ["line 8", "line 9"]
+
+
+@pytest.mark.parametrize("documents", [[0.5, 0.5], [-0.1, 0.5], [0, 1.5], [0.6, 0.2]])
+def test_documents_must_be_an_increasing_part_of_the_split(documents):
+    with pytest.raises(ConfigError, match="documents must be \\[start, stop\\]"):
+        CorpusSpec("squad", documents=documents)
+
+
 def test_unknown_corpus_lists_known_ones():
     with pytest.raises(DataError) as err:
         load_corpus("wikitext103", "test")
