@@ -120,6 +120,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="zoo name or model folder")
     parser.add_argument("--config", help="a prune config whose ranking section is the base of every setting")
     parser.add_argument("--ratios", default="0.2,0.5")
+    parser.add_argument(
+        "--kinds", default=None, help="kinds to prune, e.g. mlp (Gemma-3: one group per layer)"
+    )
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--settings", default=None, help="names of SETTINGS, ;-separated (default: all of "
                         "them, or none when --temperatures/--taus give a grid)")  # fmt: skip
@@ -139,6 +142,8 @@ def main() -> None:
     args = parser.parse_args()
 
     base = yaml.safe_load(Path(args.config).read_text()).get("ranking", {}) if args.config else {}
+    if args.kinds:
+        base["kinds"] = args.kinds.split(",")
     grid = grid_settings(args.temperatures, args.taus) if args.temperatures else {}
     names = args.settings.split(";") if args.settings else ([] if grid else list(SETTINGS))
     settings = {**{name: SETTINGS[name] for name in names}, **grid}
