@@ -113,6 +113,9 @@ CASES = [
          "weight must be > 0 and finite, got 0.0"),
     Case("infinite-weight", "a mixture with an infinite weight",
          lambda i: _prune(i, "--data.corpora", "[{name: wikitext2, weight: .inf}]"), "finite, got inf"),
+    Case("documents-order", "a part of a split whose start is not below its stop",
+         lambda i: _prune(i, "--data.corpora", "[{name: wikitext2, documents: [0.5, 0.2]}]"),
+         "documents must be [start, stop] with 0 <= start < stop <= 1 (fractions of the split), got [0.5"),
     # the parser
     Case("section-number", "a YAML section given a number instead of a mapping (data: 5)",
          lambda i: _evaluate(i, "--config", str(i.folder / "data_number.yaml")),

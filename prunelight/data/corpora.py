@@ -91,13 +91,19 @@ class CorpusSpec:
         return f"{label}_{self.documents[0]:g}-{self.documents[1]:g}" if self.documents else label
 
 
-def part_of(items: list, documents: tuple[float, float] | None) -> list:
-    """The items from fraction ``start`` to ``stop`` of the list (all of it for None); consecutive parts
-    (``[0, 0.5]``, ``[0.5, 1]``) split it without overlap or gap."""
-    if documents is None:
+def part_of(items: list, spec: CorpusSpec, what: str = "documents") -> list:
+    """The items from fraction ``start`` to ``stop`` of ``spec.documents`` (all of them without it);
+    consecutive parts (``[0, 0.5]``, ``[0.5, 1]``) split the list without overlap or gap."""
+    if spec.documents is None:
         return items
     n = len(items)
-    return items[round(documents[0] * n) : round(documents[1] * n)]
+    part = items[round(spec.documents[0] * n) : round(spec.documents[1] * n)]
+    if n and not part:
+        raise DataError(
+            f"corpus {spec.name!r}: documents {list(spec.documents)} of its {n} {what} selects none; "
+            "widen the part (a corpus of one document cannot be split)"
+        )
+    return part
 
 
 def as_spec(corpus: str | CorpusSpec | dict[str, Any]) -> CorpusSpec:
@@ -253,7 +259,7 @@ def load_corpus(corpus: str | CorpusSpec | dict, split: str, root: str | Path | 
         raise ConfigError(f"format is a SQuAD setting, but corpus {spec.name!r} is not squad")
     if _is_file_name(spec.name):
         path = Path(spec.name).expanduser()
-        docs = part_of(read_documents(path, spec.text_field, spec.per_line), spec.documents)
+        docs = part_of(read_documents(path, spec.text_field, spec.per_line), spec)
         return Corpus(
             spec.label, docs, "\n\n", ordered=not spec.per_line and len(docs) == 1, origin=str(path)
         )
@@ -298,7 +304,7 @@ def _load_named(named: NamedCorpus, spec: CorpusSpec, split: str, root: Path) ->
 
 def _documents_of(named: NamedCorpus, spec: CorpusSpec, texts: list[str]) -> list[str]:
     """``spec.documents`` of the split's texts (SQuAD's texts are already cut, by article)."""
-    return texts if named.squad_layout else part_of(texts, spec.documents)
+    return texts if named.squad_layout else part_of(texts, spec)
 
 
 def _local_copy(named: NamedCorpus, local_split: str, root: Path) -> list[Path]:
@@ -385,7 +391,7 @@ def _load_hub_dataset(spec: CorpusSpec, split: str) -> Corpus:
             f"(columns: {', '.join(dataset.column_names)});"
             " set text_field"
         )
-    texts = part_of(list(dataset[spec.text_field]), spec.documents)
+    texts = part_of(list(dataset[spec.text_field]), spec)
     return Corpus(spec.label, texts, "\n\n", False, f"hub:{path}:{split}")
 
 
@@ -420,7 +426,7 @@ def squad_records(path: Path) -> list[tuple[str, str, str, str]]:
 def _squad_texts(records: list[tuple[str, str, str, str]], spec: CorpusSpec) -> list[str]:
     """One text per paragraph (``context``) or per question (the other two formats), from the articles in
     ``spec.documents`` (a part never splits an article, so two parts share no paragraph)."""
-    articles = part_of(list(dict.fromkeys(article for *_, article in records)), spec.documents)
+    articles = part_of(list(dict.fromkeys(article for *_, article in records)), spec, "articles")
     if spec.documents is not None:
         kept = set(articles)
         records = [r for r in records if r[3] in kept]

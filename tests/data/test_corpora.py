@@ -129,13 +129,16 @@ def test_squad_documents_split_by_article_without_overlap(fmt):
 
 def test_documents_of_a_running_text_and_a_local_file(tmp_path):
     rows = load_corpus("ptb", "test").texts
-    assert load_corpus({"name": "ptb", "documents": [0.25, 0.5]}, "test").texts == rows[
-        round(0.25 * len(rows)) : round(0.5 * len(rows))
-    ]
+    assert (
+        load_corpus({"name": "ptb", "documents": [0.25, 0.5]}, "test").texts
+        == rows[round(0.25 * len(rows)) : round(0.5 * len(rows))]
+    )
     path = tmp_path / "notes.txt"
     path.write_text("\n".join(f"line {i}" for i in range(10)))
     part = load_corpus({"name": str(path), "per_line": True, "documents": [0.8, 1]}, "test")
     assert part.texts == ["line 8", "line 9"]
+    with pytest.raises(DataError, match="selects none; widen the part"):
+        load_corpus({"name": str(path), "documents": [0, 0.4]}, "test")  # one document: nothing to split
 
 
 @pytest.mark.parametrize("documents", [[0.5, 0.5], [-0.1, 0.5], [0, 1.5], [0.6, 0.2]])
