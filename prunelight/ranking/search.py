@@ -1,0 +1,259 @@
+"""Allocation search: one level per layer and kind, found by an evolutionary search under a parameter budget.
+
+The corrections of :mod:`prunelight.ranking.corrections` decide how much each layer loses by a heuristic.
+Searching the allocation (EvoPress, DarwinLM) measures it instead: a candidate gives every layer of a kind
+a *level* of a ladder (level ``j`` removes ``counts[layer][j]`` groups, chosen within the layer by the
+run's criterion), and its fitness is how far the model assembled from those levels is from the dense
+model (KL divergence of the next-token distributions). This module is the search alone, on genomes and
+a fitness function it is given, so it knows nothing of models and is tested against an exhaustive search.
+
+- **Budget.** Each kind keeps the removed parameters of its seed: a candidate is feasible when it removes
+  at least ``target[kind]`` parameters. Moves trade one level between two layers of a kind, so the total
+  stays within one level's parameters of the target, and an infeasible move is never taken.
+- **Search.** A (1 + offspring) evolution strategy: each generation mutates the parent ``offspring`` times
+  (1 to ``max_switches`` level switches each), then selects in stages, each stage's fitness on more tokens
+  than the last (``survivors`` of each stage go on); the last stage compares the best offspring with the
+  parent on the same tokens, so the parent is only replaced by a better candidate.
+- **Reproducible.** Every random choice comes from one ``random.Random(seed)``; the fitness is given the
+  stage and the generation, so the tokens it draws can depend on them and nothing else.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from prunelight.errors import ConfigError
+
+Genome = dict[str, tuple[int, ...]]
+"""kind -> the level of every layer."""
+
+Fitness = Callable[[Genome, int, int], float]
+"""``fitness(genome, stage, generation)``: lower is better (e.g. KL to the dense model on the stage's
+tokens)."""
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The levels one kind can take in each layer.
+
+    Attributes:
+        counts: per layer, the groups removed at each level, ascending, starting at 0.
+        params: per layer, the parameters of one group.
+        top: per layer, the highest level allowed (the ranking's max rate; 0 for a protected layer).
+        floor: per layer, the lowest level allowed (the ranking's min rate).
+    """
+
+    counts: tuple[tuple[int, ...], ...]
+    params: tuple[int, ...]
+    top: tuple[int, ...]
+    floor: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.floor:
+            object.__setattr__(self, "floor", (0,) * len(self.counts))
+        sizes = {len(self.counts), len(self.params), len(self.top), len(self.floor)}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"ladder: counts, params, top and floor must have one entry per layer, got {sizes}"
+            )
+        for layer, (counts, low, high) in enumerate(zip(self.counts, self.floor, self.top, strict=True)):
+            if not counts or counts[0] != 0 or list(counts) != sorted(counts):
+                raise ValueError(f"ladder: layer {layer}'s counts must ascend from 0, got {counts}")
+            if not 0 <= low <= high < len(counts):
+                raise ValueError(f"ladder: layer {layer} needs 0 <= floor <= top < {len(counts)}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.counts)
+
+    def removed(self, levels: Sequence[int]) -> int:
+        """Parameters the levels remove."""
+        return sum(c[j] * p for c, j, p in zip(self.counts, levels, self.params, strict=True))
+
+    def most(self) -> int:
+        return self.removed(self.top)
+
+    def nearest(self, removed_groups: Sequence[int], target: int) -> tuple[int, ...]:
+        """The ladder point closest to a plan's per-layer group counts that still removes ``target``: each
+        layer's nearest level, then levels raised where the plan wanted most above its level until the
+        target is met, then lowered where it wanted least, while the target stays met."""
+        if self.most() < target:
+            raise ConfigError(
+                f"the ladder removes at most {self.most()} parameters of this kind, fewer than the target "
+                f"{target}: use more levels, or a higher ranking.max_rate"
+            )
+        want = list(removed_groups)
+        levels = [
+            min(range(low, high + 1), key=lambda j, c=c, w=w: (abs(c[j] - w), j))
+            for c, w, low, high in zip(self.counts, want, self.floor, self.top, strict=True)
+        ]
+        while self.removed(levels) < target:
+            up = [i for i in range(self.num_layers) if levels[i] < self.top[i]]
+            i = max(up, key=lambda i: (want[i] - self.counts[i][levels[i]], -i))
+            levels[i] += 1
+        while True:
+            down = [
+                i
+                for i in range(self.num_layers)
+                if levels[i] > self.floor[i] and self.removed(levels) - self._step(i, levels[i] - 1) >= target
+            ]
+            if not down:
+                return tuple(levels)
+            i = max(down, key=lambda i: (self.counts[i][levels[i]] - want[i], -i))
+            levels[i] -= 1
+
+    def _step(self, layer: int, level: int) -> int:
+        """Parameters between ``level`` and ``level + 1`` of ``layer``."""
+        counts = self.counts[layer]
+        return (counts[level + 1] - counts[level]) * self.params[layer]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How long and how carefully to search.
+
+    Attributes:
+        generations: parent updates (each evaluates ``offspring`` new candidates).
+        offspring: candidates mutated from the parent per generation.
+        max_switches: level switches per mutation, drawn from 1 to this.
+        survivors: how many candidates each selection stage passes on, one entry per stage but the last
+            (the last stage keeps one and compares it with the parent): ``(4,)`` is two stages.
+        seed: the search's random seed.
+    """
+
+    generations: int = 50
+    offspring: int = 16
+    max_switches: int = 3
+    survivors: tuple[int, ...] = (4,)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "survivors", tuple(int(s) for s in self.survivors))
+        for name in ("generations", "offspring", "max_switches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
+        if any(s < 1 for s in self.survivors) or list(self.survivors) != sorted(self.survivors, reverse=True):
+            raise ConfigError(
+                f"search.survivors must be positive and not increasing, got {list(self.survivors)}"
+            )
+
+    @property
+    def stages(self) -> int:
+        return len(self.survivors) + 1
+
+
+@dataclass
+class SearchResult:
+    """The found genome, where it started, and how fitness went."""
+
+    best: Genome
+    best_fitness: float
+    seeds: dict[str, Genome]
+    seed_fitness: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    """Per generation: the parent's fitness at the last stage, whether it changed, evaluations so far."""
+    evaluations: int = 0
+
+
+def search(
+    ladders: Mapping[str, Ladder],
+    targets: Mapping[str, int],
+    seeds: Mapping[str, Genome],
+    fitness: Fitness,
+    settings: SearchSettings,
+) -> SearchResult:
+    """Evolve one level per layer and kind, removing at least ``targets[kind]`` parameters of each kind,
+    from the best of ``seeds`` (each already a feasible ladder point, e.g. from :meth:`Ladder.nearest`)."""
+    if not seeds:
+        raise ValueError("search needs at least one seed genome")
+    for name, genome in seeds.items():
+        for kind, ladder in ladders.items():
+            levels = genome[kind]
+            if ladder.removed(levels) < targets[kind] or any(
+                not low <= j <= high for j, low, high in zip(levels, ladder.floor, ladder.top, strict=True)
+            ):
+                raise ValueError(f"seed {name!r} is not a feasible {kind} ladder point")
+    rng = random.Random(settings.seed)
+    last = settings.stages - 1
+    count = 0
+
+    def score(genome: Genome, stage: int, generation: int) -> float:
+        nonlocal count
+        count += 1
+        return float(fitness(genome, stage, generation))
+
+    seed_fitness = {name: score(genome, last, 0) for name, genome in seeds.items()}
+    start = min(seed_fitness, key=lambda name: (seed_fitness[name], name))
+    parent, parent_fitness = dict(seeds[start]), seed_fitness[start]
+    history: list[dict] = []
+    for generation in range(1, settings.generations + 1):
+        pool = _offspring(parent, ladders, targets, settings, rng)
+        for stage, keep in enumerate(settings.survivors):
+            ranked = sorted(pool, key=lambda g, s=stage: (score(g, s, generation), _key(g)))
+            pool = ranked[:keep]
+        changed = False
+        if pool:
+            # the parent is scored again on this generation's tokens, so the comparison is on equal terms
+            final = {_key(g): score(g, last, generation) for g in pool}
+            parent_now = score(parent, last, generation)
+            best_key = min(final, key=lambda k: (final[k], k))
+            if final[best_key] < parent_now:
+                parent, parent_fitness, changed = (
+                    dict(zip(sorted(ladders), best_key, strict=True)),
+                    final[best_key],
+                    True,
+                )
+            else:
+                parent_fitness = parent_now
+        history.append({"generation": generation, "fitness": parent_fitness, "changed": changed,
+                        "evaluations": count})  # fmt: skip
+    return SearchResult(parent, parent_fitness, dict(seeds), seed_fitness, history, count)
+
+
+def _key(genome: Genome) -> tuple[tuple[int, ...], ...]:
+    return tuple(genome[kind] for kind in sorted(genome))
+
+
+def _offspring(
+    parent: Genome,
+    ladders: Mapping[str, Ladder],
+    targets: Mapping[str, int],
+    settings: SearchSettings,
+    rng: random.Random,
+) -> list[Genome]:
+    """Distinct feasible mutants of the parent (fewer when the ladder leaves few moves)."""
+    seen = {_key(parent)}
+    children: list[Genome] = []
+    for _ in range(settings.offspring * 4):  # a small ladder may not hold `offspring` distinct mutants
+        child = {kind: list(levels) for kind, levels in parent.items()}
+        for _ in range(rng.randint(1, settings.max_switches)):
+            _switch(child, ladders, targets, rng)
+        genome = {kind: tuple(levels) for kind, levels in child.items()}
+        if _key(genome) not in seen:
+            seen.add(_key(genome))
+            children.append(genome)
+            if len(children) == settings.offspring:
+                break
+    return children
+
+
+def _switch(
+    child: dict[str, list[int]], ladders: Mapping[str, Ladder], targets: Mapping[str, int], rng: random.Random
+) -> None:
+    """One level up in one layer and one down in another of the same kind, if the budget still holds."""
+    kind = rng.choice(sorted(ladders))
+    ladder, levels = ladders[kind], child[kind]
+    up = [i for i in range(ladder.num_layers) if levels[i] < ladder.top[i]]
+    down = [i for i in range(ladder.num_layers) if levels[i] > ladder.floor[i]]
+    if not up or not down:
+        return
+    a, b = rng.choice(up), rng.choice(down)
+    if a == b:
+        return
+    levels[a] += 1
+    levels[b] -= 1
+    if ladder.removed(levels) < targets[kind]:
+        levels[a] -= 1
+        levels[b] += 1
