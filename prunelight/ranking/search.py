@@ -25,6 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prunelight.errors import ConfigError
+from prunelight.ranking.allocation import Constraints
+from prunelight.ranking.plan import LayerPlan, PruningPlan
+from prunelight.ranking.table import GroupTable
 
 Genome = dict[str, tuple[int, ...]]
 """kind -> the level of every layer."""
@@ -257,3 +260,52 @@ def _switch(
     if ladder.removed(levels) < targets[kind]:
         levels[a] -= 1
         levels[b] += 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# From a group table and a plan to ladders, seeds and back
+
+
+def ladder_for(table: GroupTable, kind: str, levels: int, constraints: Constraints) -> Ladder:
+    """Levels ``0, 1/levels, 2/levels, ...`` of each layer's groups (rounded, repeats dropped), up to the
+    most the ranking's limits let the layer lose; its min rate is the floor."""
+    if levels < 2:
+        raise ConfigError(f"search.levels must be at least 2 (level 0 keeps the layer whole), got {levels}")
+    sizes = [len(s) for s in table.scores(kind)]
+    counts, top, floor = [], [], []
+    for layer, n in enumerate(sizes):
+        ladder = tuple(dict.fromkeys(round(j * n / levels) for j in range(levels)))
+        high, low = constraints.max_count(layer, n), constraints.min_count(layer, n)
+        top.append(max(j for j, c in enumerate(ladder) if c <= high))
+        floor.append(min((j for j, c in enumerate(ladder) if c >= low), default=top[-1]))
+        counts.append(ladder)
+    return Ladder(tuple(counts), tuple(table.group_params(kind)), tuple(top), tuple(floor))
+
+
+def group_order(table: GroupTable, kind: str) -> list[list[int]]:
+    """Per layer, the groups in the order they go: lowest score first (ties: lower index first)."""
+    return [sorted(range(len(s)), key=lambda g, s=s: (float(s[g]), g)) for s in table.scores(kind)]
+
+
+def plan_counts(plan: PruningPlan, kind: str) -> list[int]:
+    """Groups of ``kind`` the plan removes from each layer."""
+    return [len(p.attention_groups if kind == "attention" else p.mlp_channels) for p in plan.layers]
+
+
+def genome_plan(
+    genome: Genome, ladders: Mapping[str, Ladder], orders: Mapping[str, list[list[int]]], num_layers: int
+) -> PruningPlan:
+    """The plan of a genome: each layer loses the lowest-scored groups its level counts."""
+    removed = {
+        kind: [
+            orders[kind][layer][: ladders[kind].counts[layer][level]] for layer, level in enumerate(levels)
+        ]
+        for kind, levels in genome.items()
+    }
+    empty: list[list[int]] = [[] for _ in range(num_layers)]
+    return PruningPlan(
+        [
+            LayerPlan(layer, removed.get("attention", empty)[layer], removed.get("mlp", empty)[layer])
+            for layer in range(num_layers)
+        ]
+    )

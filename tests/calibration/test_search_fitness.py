@@ -1,0 +1,96 @@
+"""The search's fitness is the KL of the pruned model, computed independently; a search on a tiny model
+finds what an exhaustive search over its ladder finds."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from conftest import FAMILY_CONFIGS, make_model, tokens
+
+from prunelight.apply import apply_plan
+from prunelight.calibration.search_fitness import KLFitness, kl_to_dense, masked
+from prunelight.importance.groups import structure_table
+from prunelight.models import adapter_for
+from prunelight.ranking.allocation import Constraints
+from prunelight.ranking.search import (
+    SearchSettings,
+    genome_plan,
+    group_order,
+    ladder_for,
+    plan_counts,
+    search,
+)
+
+
+def independent_kl(dense, pruned, ids) -> float:
+    """KL(dense || pruned) per position, from the two models' logits, in float64."""
+    with torch.no_grad():
+        p = torch.log_softmax(dense(ids).logits.double(), -1)
+        q = torch.log_softmax(pruned(ids).logits.double(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def setup(family: str, layers: int = 3, levels: int = 4):
+    model = make_model(family, layers=layers)
+    table = structure_table(model, adapter_for(model), seed=3)
+    ladders = {
+        kind: ladder_for(table, kind, levels, Constraints(max_rate=0.8)) for kind in ("attention", "mlp")
+    }
+    orders = {kind: group_order(table, kind) for kind in ladders}
+    return model, table, ladders, orders
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_fitness_equals_the_kl_of_the_assembled_pruned_model(family):
+    model, table, ladders, orders = setup(family)
+    genome = {"attention": (1, 0, 1), "mlp": tuple(min(2, t) for t in ladders["mlp"].top)}
+    plan = genome_plan(genome, ladders, orders, table.num_layers)
+    assert plan_counts(plan, "mlp") == [ladders["mlp"].counts[i][j] for i, j in enumerate(genome["mlp"])]
+    ids = tokens(batch=3)
+    expected = independent_kl(model, apply_plan(copy.deepcopy(model), plan), ids)
+    assert expected > 1e-5  # the plan changes the model
+    fitness = KLFitness(model, ids, [2, 3], lambda g: genome_plan(g, ladders, orders, table.num_layers))
+    torch.testing.assert_close(fitness(genome, 1, 0), expected, rtol=1e-4, atol=1e-7)
+    assert kl_to_dense(model, ids, genome_plan({k: (0,) * 3 for k in ladders}, ladders, orders, 3)) == 0.0
+    with masked(model, plan):
+        pass
+    assert independent_kl(model, model, ids) == 0.0  # the hooks are gone after the context
+
+
+def test_stages_draw_seeded_windows():
+    model, table, ladders, orders = setup("llama")
+    fitness = KLFitness(model, tokens(batch=6), [2, 4], lambda g: None)
+    assert torch.equal(fitness.windows_of(0, 3), fitness.windows_of(0, 3))
+    assert len(fitness.windows_of(1, 3)) == 4
+    draws = {tuple(fitness.windows_of(0, g)[:, 0].tolist()) for g in range(8)}
+    assert len(draws) > 1  # generations see different windows
+
+
+def test_the_search_on_a_tiny_model_finds_the_exhaustive_optimum():
+    model, table, ladders, orders = setup("llama", layers=3, levels=3)
+    ladders = {"mlp": ladders["mlp"]}
+    ids = tokens(batch=2)
+
+    def plan_of(genome):
+        return genome_plan(genome, ladders, orders, table.num_layers)
+
+    fitness = KLFitness(model, ids, [2], plan_of)
+    ladder = ladders["mlp"]
+    target = ladder.removed([1, 1, 1])
+    # the search's space: the exact budget, i.e. at least the target and less than one more level's groups
+    step = max(c[1] * p for c, p in zip(ladder.counts, ladder.params, strict=True))
+    points = [
+        p
+        for p in itertools.product(*(range(t + 1) for t in ladder.top))
+        if target <= ladder.removed(p) < target + step
+    ]
+    kl = {p: kl_to_dense(model, ids, plan_of({"mlp": p})) for p in points}
+    best = min(kl, key=kl.get)
+    assert best != (1, 1, 1)  # the layers differ in sensitivity: uniform is not the answer
+    result = search(ladders, {"mlp": target}, {"uniform": {"mlp": (1, 1, 1)}}, fitness,
+                    SearchSettings(generations=20, offspring=6, survivors=()))  # fmt: skip
+    assert result.best["mlp"] == best
+    assert target <= ladder.removed(result.best["mlp"]) < target + step
