@@ -115,36 +115,59 @@ class Ladder:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How long and how carefully to search.
+    """How long and how carefully to search (``ranking.search`` with ``ranking.allocation: search``).
 
     Attributes:
+        levels: the ladder: level ``j`` of a layer removes ``j / levels`` of its groups, ``j < levels``,
+            up to the ranking's ``max_rate`` (10: 0, 10, ..., 90%).
         generations: parent updates (each evaluates ``offspring`` new candidates).
         offspring: candidates mutated from the parent per generation.
         max_switches: level switches per mutation, drawn from 1 to this.
-        survivors: how many candidates each selection stage passes on, one entry per stage but the last
-            (the last stage keeps one and compares it with the parent): ``(4,)`` is two stages.
-        seed: the search's random seed.
+        stage_windows: calibration windows each selection stage scores a candidate on, increasing; the
+            last stage compares the best offspring with the parent.
+        survivors: how many candidates each stage but the last passes on (one entry per such stage).
+        holdout_windows: the last calibration windows, never searched on: the seeds and the found
+            allocation are compared on them, and the best is the plan.
+        seed: the search's random seed (mutations and the windows each stage draws).
     """
 
+    levels: int = 10
     generations: int = 50
     offspring: int = 16
     max_switches: int = 3
+    stage_windows: tuple[int, ...] = (4, 16)
     survivors: tuple[int, ...] = (4,)
+    holdout_windows: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "survivors", tuple(int(s) for s in self.survivors))
+        object.__setattr__(self, "stage_windows", tuple(int(s) for s in self.stage_windows))
         for name in ("generations", "offspring", "max_switches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search.{name} must be at least 1, got {getattr(self, name)}")
+        if self.levels < 2:
+            raise ConfigError(
+                f"search.levels must be at least 2 (level 0 keeps the layer whole), got {self.levels}"
+            )
         if any(s < 1 for s in self.survivors) or list(self.survivors) != sorted(self.survivors, reverse=True):
             raise ConfigError(
                 f"search.survivors must be positive and not increasing, got {list(self.survivors)}"
             )
+        windows = list(self.stage_windows)
+        if not windows or windows[0] < 1 or windows != sorted(windows):
+            raise ConfigError(f"search.stage_windows must be positive and not decreasing, got {windows}")
+        if len(self.survivors) != len(windows) - 1:
+            raise ConfigError(
+                f"search.survivors needs one entry per stage but the last: {len(windows) - 1} for "
+                f"stage_windows {windows}, got {list(self.survivors)}"
+            )
+        if self.holdout_windows < 1:
+            raise ConfigError(f"search.holdout_windows must be at least 1, got {self.holdout_windows}")
 
     @property
     def stages(self) -> int:
-        return len(self.survivors) + 1
+        return len(self.stage_windows)
 
 
 @dataclass
@@ -269,8 +292,6 @@ def _switch(
 def ladder_for(table: GroupTable, kind: str, levels: int, constraints: Constraints) -> Ladder:
     """Levels ``0, 1/levels, 2/levels, ...`` of each layer's groups (rounded, repeats dropped), up to the
     most the ranking's limits let the layer lose; its min rate is the floor."""
-    if levels < 2:
-        raise ConfigError(f"search.levels must be at least 2 (level 0 keeps the layer whole), got {levels}")
     sizes = [len(s) for s in table.scores(kind)]
     counts, top, floor = [], [], []
     for layer, n in enumerate(sizes):

@@ -90,7 +90,7 @@ def test_the_search_on_a_tiny_model_finds_the_exhaustive_optimum():
     kl = {p: kl_to_dense(model, ids, plan_of({"mlp": p})) for p in points}
     best = min(kl, key=kl.get)
     assert best != (1, 1, 1)  # the layers differ in sensitivity: uniform is not the answer
-    result = search(ladders, {"mlp": target}, {"uniform": {"mlp": (1, 1, 1)}}, fitness,
-                    SearchSettings(generations=20, offspring=6, survivors=()))  # fmt: skip
+    settings = SearchSettings(generations=20, offspring=6, stage_windows=(2,), survivors=())
+    result = search(ladders, {"mlp": target}, {"uniform": {"mlp": (1, 1, 1)}}, fitness, settings)
     assert result.best["mlp"] == best
     assert target <= ladder.removed(result.best["mlp"]) < target + step

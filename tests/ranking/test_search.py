@@ -67,7 +67,7 @@ def test_the_same_seed_gives_the_same_search_and_stages_come_in_order():
         stages.append((generation, stage))
         return cost(genome) + 0.1 * stage  # the stages see different numbers, as on more tokens
 
-    settings = SearchSettings(generations=5, offspring=6, survivors=(4, 2))
+    settings = SearchSettings(generations=5, offspring=6, stage_windows=(1, 2, 3), survivors=(4, 2))
     first = search(LADDERS, TARGETS, {"uniform": uniform_seed()}, fitness, settings)
     calls = list(stages)
     second = search(LADDERS, TARGETS, {"uniform": uniform_seed()}, fitness, settings)
@@ -105,7 +105,16 @@ def test_a_ladder_that_cannot_meet_the_target_is_one_line():
     [
         (dict(generations=0), "search.generations must be at least 1, got 0"),
         (dict(offspring=0), "search.offspring must be at least 1"),
-        (dict(survivors=(2, 4)), "search.survivors must be positive and not increasing"),
+        (
+            dict(survivors=(2, 4), stage_windows=(1, 2, 3)),
+            "search.survivors must be positive and not increasing",
+        ),
+        (
+            dict(survivors=(4,), stage_windows=(8, 4)),
+            "search.stage_windows must be positive and not decreasing",
+        ),
+        (dict(survivors=(4, 2)), "search.survivors needs one entry per stage but the last: 1"),
+        (dict(levels=1), "search.levels must be at least 2"),
     ],
 )
 def test_bad_settings_are_one_line(settings, message):
