@@ -13,16 +13,22 @@ same numbers.
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
-from prunelight.ranking import PruningPlan
-from prunelight.ranking.search import Genome
+from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingResult, rank
+from prunelight.ranking.rank import layer_constraints
+from prunelight.ranking.search import Genome, genome_plan, group_order, ladder_for, plan_counts, search
 
 
 @contextmanager
@@ -61,8 +67,9 @@ def masked(model: nn.Module, plan: PruningPlan) -> Iterator[nn.Module]:
 def kl_to_dense(model: nn.Module, windows: Tensor, plan: PruningPlan, batch_size: int = 8) -> float:
     """Mean over every position of KL(dense || planned) of the next-token distribution, in float32."""
     total, positions = 0.0, 0
+    device = next(model.parameters()).device
     for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size]
+        ids = windows[i : i + batch_size].to(device)
         dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         with masked(model, plan):
             pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
@@ -101,3 +108,79 @@ class KLFitness:
         return kl_to_dense(
             self.model, self.windows_of(stage, generation), self.plan_of(genome), self.batch_size
         )
+
+
+def search_allocation(
+    model: nn.Module,
+    table: GroupTable,
+    seed: RankingResult,
+    config: RankingConfig,
+    windows: Tensor,
+    batch_size: int = 8,
+) -> tuple[RankingResult, dict[str, Any]]:
+    """``ranking.allocation: search``: from the T/tau plan ``seed`` (and the uniform plan), search one ladder
+    level per layer and kind on KL to the dense ``model`` over the calibration ``windows`` but the last
+    ``holdout_windows``; the seeds (the T/tau plan exact and on the ladder) and the found allocation are then
+    compared on those held-out windows and the best becomes the plan. Returns it and the report."""
+    settings = config.search
+    needed = settings.stage_windows[-1] + settings.holdout_windows
+    if len(windows) < needed:
+        raise ConfigError(
+            f"the allocation search needs {needed} calibration windows (its last stage's "
+            f"{settings.stage_windows[-1]} plus {settings.holdout_windows} held out), got {len(windows)}: "
+            "raise data.nsamples or lower ranking.search.stage_windows / holdout_windows"
+        )
+    start = time.perf_counter()
+    model.eval()
+    pool, holdout = windows[: -settings.holdout_windows], windows[-settings.holdout_windows :]
+    removed_layers = frozenset(seed.plan.removed_layers)
+    constraints = layer_constraints(config, table.num_layers, removed_layers)
+    kinds = list(config.kinds)
+    ladders = {kind: ladder_for(table, kind, settings.levels, constraints) for kind in kinds}
+    orders = {kind: group_order(table, kind) for kind in kinds}
+    targets = {kind: math.ceil(seed.stages[kind]["target_params"]) for kind in kinds}
+
+    def plan_of(genome: Genome) -> PruningPlan:
+        return genome_plan(genome, ladders, orders, table.num_layers, removed_layers)
+
+    plans = {"T/tau": seed}
+    with suppress(ConfigError):  # the limits may leave no uniform plan: the T/tau plan seeds alone
+        plans["uniform"] = rank(table, replace(config, allocation="uniform"))
+    seeds = {
+        name: {kind: ladders[kind].nearest(plan_counts(result.plan, kind), targets[kind]) for kind in kinds}
+        for name, result in plans.items()
+    }
+    fitness = KLFitness(model, pool, settings.stage_windows, plan_of, batch_size, settings.seed)
+    found = search(ladders, targets, seeds, fitness, settings)
+    finals = {"T/tau plan": seed.plan, **{f"{name} on the ladder": plan_of(g) for name, g in seeds.items()}}
+    finals["search"] = plan_of(found.best)
+    held_out = {name: kl_to_dense(model, holdout, plan, batch_size) for name, plan in finals.items()}
+    chosen = min(held_out, key=lambda name: (held_out[name], name != "search"))
+    result = seed.replanned(finals[chosen], table)
+
+    def rates(plan: PruningPlan) -> dict[str, list[float]]:
+        sizes = {kind: [len(s) for s in table.scores(kind)] for kind in kinds}
+        return {
+            kind: [c / n for c, n in zip(plan_counts(plan, kind), sizes[kind], strict=True)] for kind in kinds
+        }
+
+    report = {
+        "settings": {
+            **vars(settings),
+            "stage_windows": list(settings.stage_windows),
+            "survivors": list(settings.survivors),
+        },  # fmt: skip
+        "windows": {"searched": len(pool), "held_out": len(holdout), "seqlen": int(windows.shape[1])},
+        "targets": targets,
+        "ladder_counts": {kind: [list(c) for c in ladders[kind].counts] for kind in kinds},
+        "levels": {**{name: dict(g) for name, g in seeds.items()}, "search": dict(found.best)},
+        "seed_fitness": found.seed_fitness,
+        "history": found.history,
+        "evaluations": found.evaluations,
+        "held_out_kl": held_out,
+        "chosen": chosen,
+        "rates": {name: rates(plan) for name, plan in finals.items()},
+        "removed_params": {name: seed.replanned(plan, table).removed_params for name, plan in finals.items()},
+        "seconds": time.perf_counter() - start,
+    }
+    return result, report

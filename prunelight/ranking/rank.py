@@ -43,6 +43,7 @@ from prunelight.ranking.corrections import (
 )
 from prunelight.ranking.normalize import NORMALIZATIONS, clip_percentiles, normalize
 from prunelight.ranking.plan import LayerPlan, PruningPlan
+from prunelight.ranking.search import SearchSettings, plan_counts
 from prunelight.ranking.table import KINDS, GroupTable
 
 STAGES = ("raw", "normalized", "block", "layer", "depth")
@@ -56,7 +57,9 @@ class RankingConfig:
         ratio: fraction of parameters to remove, in [0, 1).
         ratio_of: ``"prunable"`` (attention groups and MLP channels, ``GroupTable.prunable_params()``) or
             ``"all"`` (``GroupTable.total_params``, embeddings included).
-        allocation: ``"global"`` ranks all groups of a kind across layers; ``"uniform"`` removes the same
+        allocation: ``"global"`` ranks all groups of a kind across layers; ``"search"`` starts there and
+            searches the per-layer amounts on the model's own outputs (``search``; the prune stage runs it,
+            :mod:`prunelight.calibration.search_fitness`); ``"uniform"`` removes the same
             fraction from every layer.
         kinds: the kinds that are pruned, each ranked among itself and reaching its share of the target.
         normalization: per layer and kind, see :mod:`prunelight.ranking.normalize`.
@@ -79,7 +82,7 @@ class RankingConfig:
 
     ratio: float = 0.2
     ratio_of: Literal["prunable", "all"] = "prunable"
-    allocation: Literal["global", "uniform"] = "global"
+    allocation: Literal["global", "uniform", "search"] = "global"
     kinds: tuple[str, ...] = ("attention", "mlp")
     normalization: Literal["none", "minmax", "zscore", "log", "sqrt"] = "none"
     clip_percentiles: tuple[float, float] | None = None
@@ -94,9 +97,12 @@ class RankingConfig:
     protected_layers: list[int] = field(default_factory=list)
     remove_layers: int = 0
     mlp_multiple: int = 1
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
+        if isinstance(self.search, dict):
+            self.search = SearchSettings(**self.search)
         self.protected_layers = [int(i) for i in self.protected_layers]
         if self.clip_percentiles is not None:
             self.clip_percentiles = tuple(float(p) for p in self.clip_percentiles)  # type: ignore[assignment]
@@ -108,8 +114,12 @@ class RankingConfig:
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.ratio_of not in ("prunable", "all"):
             raise ConfigError(f"ratio_of must be 'prunable' or 'all', got {self.ratio_of!r}")
-        if self.allocation not in ("global", "uniform"):
-            raise ConfigError(f"allocation must be 'global' or 'uniform', got {self.allocation!r}")
+        if self.allocation not in ("global", "uniform", "search"):
+            raise ConfigError(f"allocation must be 'global', 'uniform' or 'search', got {self.allocation!r}")
+        if self.allocation == "search" and self.mlp_multiple > 1:
+            raise ConfigError(
+                "allocation 'search' picks ladder levels; set mlp_multiple: 1 (the levels set widths)"
+            )
         if (
             not self.kinds
             or any(k not in KINDS for k in self.kinds)
@@ -173,6 +183,38 @@ class RankingResult:
     tau: dict[str, float]
     target_params: int
     removed_params: int
+
+    def replanned(self, plan: PruningPlan, table: GroupTable) -> RankingResult:
+        """The same result with another plan of the same kinds (the allocation search's): the per-layer
+        allocation entries and the removed parameters follow the new plan; the stages' scores stay."""
+        stages = {
+            key: (dict(value) if isinstance(value, dict) else value) for key, value in self.stages.items()
+        }
+        removed_layers = {p.layer for p in plan.layers if p.remove_layer}
+        removed_params = sum(table.layer_params[layer] for layer in removed_layers)
+        per_layer = [
+            table.layer_params[layer] if layer in removed_layers else 0 for layer in range(table.num_layers)
+        ]
+        for kind in KINDS:
+            if kind not in stages:
+                continue
+            allocation = dict(stages[kind]["allocation"])
+            sizes, params = allocation["groups_before"], table.group_params(kind)
+            planned = plan_counts(plan, kind)
+            counts = [n if layer in removed_layers else planned[layer] for layer, n in enumerate(sizes)]
+            allocation["groups_after"] = [n - c for n, c in zip(sizes, counts, strict=True)]
+            allocation["rate"] = [c / n if n else 0.0 for n, c in zip(sizes, counts, strict=True)]
+            allocation["params_removed"] = [c * p for c, p in zip(counts, params, strict=True)]
+            kind_removed = sum(c * p for layer, (c, p) in enumerate(zip(counts, params, strict=True))
+                               if layer not in removed_layers)  # fmt: skip
+            stages[kind] = {**stages[kind], "allocation": allocation, "removed_params": kind_removed}
+            removed_params += kind_removed
+            for layer in range(table.num_layers):
+                if layer not in removed_layers:
+                    per_layer[layer] += allocation["params_removed"][layer]
+        stages["layers"] = {**stages["layers"], "params_removed": per_layer}
+        stages["removed_params"] = removed_params
+        return RankingResult(plan, stages, dict(self.tau), self.target_params, removed_params)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -342,7 +384,7 @@ def rank(table: GroupTable, config: RankingConfig) -> RankingResult:
         scores["layer"] = layer_correction(scores["block"], taus[kind])
         scores["depth"] = scale_layers(scores["layer"], depth)
 
-        allocate = allocate_global if config.allocation == "global" else allocate_uniform
+        allocate = allocate_uniform if config.allocation == "uniform" else allocate_global  # search: its seed
         removed[kind] = allocate(scores["depth"], params, min_counts, max_counts, shares[kind])
         if kind == "mlp":
             removed[kind] = align_kept(

@@ -314,9 +314,14 @@ def plan_counts(plan: PruningPlan, kind: str) -> list[int]:
 
 
 def genome_plan(
-    genome: Genome, ladders: Mapping[str, Ladder], orders: Mapping[str, list[list[int]]], num_layers: int
+    genome: Genome,
+    ladders: Mapping[str, Ladder],
+    orders: Mapping[str, list[list[int]]],
+    num_layers: int,
+    removed_layers: frozenset[int] = frozenset(),
 ) -> PruningPlan:
-    """The plan of a genome: each layer loses the lowest-scored groups its level counts."""
+    """The plan of a genome: each layer loses the lowest-scored groups its level counts (whole layers the
+    ranking removes stay removed)."""
     removed = {
         kind: [
             orders[kind][layer][: ladders[kind].counts[layer][level]] for layer, level in enumerate(levels)
@@ -326,7 +331,12 @@ def genome_plan(
     empty: list[list[int]] = [[] for _ in range(num_layers)]
     return PruningPlan(
         [
-            LayerPlan(layer, removed.get("attention", empty)[layer], removed.get("mlp", empty)[layer])
+            LayerPlan(
+                layer,
+                removed.get("attention", empty)[layer],
+                removed.get("mlp", empty)[layer],
+                remove_layer=layer in removed_layers,
+            )
             for layer in range(num_layers)
         ]
     )

@@ -42,6 +42,8 @@ def check_stage(
         check_splits(evaluation.corpora, evaluation.split, "evaluation")
     if sparsity is not None and ranking is not None:
         check_sparse_ratio(ranking, sparsity)
+    if sparsity is None and ranking is not None and ranking.allocation == "search":
+        check_search(trainer, datamodule, ranking)
     config = getattr(module, "config", None)
     if config is not None:
         check_against_config(module, config, datamodule, ranking, evaluation, sparsity, finetune_data)
@@ -51,6 +53,24 @@ def check_stage(
     if evaluation is not None:
         corpora = [(f"corpora[{i}]", c) for i, c in enumerate(evaluation.corpora)]
         check_available(corpora, evaluation.split, "evaluation")
+
+
+def check_search(trainer: Any, datamodule: Any, ranking: RankingConfig) -> None:
+    """The allocation search runs in one process on the calibration windows: enough of them, one rank."""
+    if getattr(trainer, "world_size", 1) > 1:
+        raise ConfigError(
+            "ranking.allocation: search runs in one process for now; use trainer.devices: 1, or allocation: "
+            "global (the search's seed) on several"
+        )
+    search = ranking.search
+    needed = search.stage_windows[-1] + search.holdout_windows
+    nsamples = getattr(datamodule, "nsamples", None)
+    if nsamples is not None and nsamples < needed:
+        raise ConfigError(
+            f"ranking.allocation: search needs {needed} calibration windows (its last stage's "
+            f"{search.stage_windows[-1]} plus {search.holdout_windows} held out), but data.nsamples is "
+            f"{nsamples}: raise data.nsamples or lower ranking.search.stage_windows / holdout_windows"
+        )
 
 
 def check_against_config(

@@ -24,6 +24,7 @@ from prunelight.calibration.reconstruct import (
     reconstruction_summary,
     warn_if_few_tokens,
 )
+from prunelight.calibration.search_fitness import search_allocation
 from prunelight.calibration.sequential import Captured
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.callbacks.layer_inputs import CaptureCallback, sum_across_ranks
@@ -125,6 +126,13 @@ def prune_structures(
     start = time.perf_counter()
     result = rank(calibrated.table, ranking)
     seconds = {"calibration": calibration["seconds"], "ranking": time.perf_counter() - start}
+    search_report = None
+    if ranking.allocation == "search":
+        windows = datamodule.windows.input_ids
+        result, search_report = search_allocation(
+            module.model, calibrated.table, result, ranking, windows, datamodule.batch_size
+        )
+        seconds["search"] = search_report["seconds"]
     repair, repair_memory = None, {}
     reset_peak_memory(device)
     captured = _capture(trainer, module, datamodule, settings) if settings.reconstruction.enabled else None
@@ -183,6 +191,8 @@ def prune_structures(
     }
     if trainer.is_global_zero:
         write_json(analysis / "plan.json", result.to_dict())
+        if search_report is not None:
+            write_json(analysis / "search.json", search_report)
         if repair is not None:
             # the layer list takes the key "layers", so the layer-map setting is written as "layer_map"
             written = {**vars(settings.reconstruction), "layer_map": settings.reconstruction.layers}
