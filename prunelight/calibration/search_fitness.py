@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
@@ -117,6 +118,7 @@ def search_allocation(
     config: RankingConfig,
     windows: Tensor,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> tuple[RankingResult, dict[str, Any]]:
     """``ranking.allocation: search``: from the T/tau plan ``seed`` (and the uniform plan), search one ladder
     level per layer and kind on KL to the dense ``model`` over the calibration ``windows`` but the last
@@ -151,7 +153,15 @@ def search_allocation(
         for name, result in plans.items()
     }
     fitness = KLFitness(model, pool, settings.stage_windows, plan_of, batch_size, settings.seed)
-    found = search(ladders, targets, seeds, fitness, settings)
+    with tqdm(
+        total=settings.generations, desc="allocation search", unit="generation", disable=not progress
+    ) as bar:
+
+        def step(entry: dict) -> None:
+            bar.set_postfix(kl=f"{entry['fitness']:.4g}", evaluations=entry["evaluations"])
+            bar.update()
+
+        found = search(ladders, targets, seeds, fitness, settings, step)
     finals = {"T/tau plan": seed.plan, **{f"{name} on the ladder": plan_of(g) for name, g in seeds.items()}}
     finals["search"] = plan_of(found.best)
     held_out = {name: kl_to_dense(model, holdout, plan, batch_size) for name, plan in finals.items()}

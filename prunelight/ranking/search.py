@@ -189,9 +189,11 @@ def search(
     seeds: Mapping[str, Genome],
     fitness: Fitness,
     settings: SearchSettings,
+    on_generation: Callable[[dict], None] | None = None,
 ) -> SearchResult:
     """Evolve one level per layer and kind, removing at least ``targets[kind]`` parameters of each kind,
-    from the best of ``seeds`` (each already a feasible ladder point, e.g. from :meth:`Ladder.nearest`)."""
+    from the best of ``seeds`` (each already a feasible ladder point, e.g. from :meth:`Ladder.nearest`);
+    ``on_generation`` gets each generation's history entry (for a progress bar)."""
     if not seeds:
         raise ValueError("search needs at least one seed genome")
     for name, genome in seeds.items():
@@ -235,6 +237,8 @@ def search(
                 parent_fitness = parent_now
         history.append({"generation": generation, "fitness": parent_fitness, "changed": changed,
                         "evaluations": count})  # fmt: skip
+        if on_generation is not None:
+            on_generation(history[-1])
     return SearchResult(parent, parent_fitness, dict(seeds), seed_fitness, history, count)
 
 

@@ -130,7 +130,13 @@ def prune_structures(
     if ranking.allocation == "search":
         windows = datamodule.windows.input_ids
         result, search_report = search_allocation(
-            module.model, calibrated.table, result, ranking, windows, datamodule.batch_size
+            module.model,
+            calibrated.table,
+            result,
+            ranking,
+            windows,
+            datamodule.batch_size,
+            trainer.is_global_zero,
         )
         seconds["search"] = search_report["seconds"]
     repair, repair_memory = None, {}
