@@ -36,6 +36,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "heatmap": (1000, 700),
     "sparsity": (1200, 600),
     "reconstruction": (1200, 900),
+    "allocation_search": (1200, 1200),
 }
 COLORS = {"attention": "tab:blue", "mlp": "tab:orange"}
 # reconstruction.json's refit projections: entry key -> panel title
@@ -52,12 +53,12 @@ _LABEL_BOX = {"facecolor": "white", "edgecolor": "none", "pad": 1.0}  # keeps a 
 _OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": "small"}
 
 
-def _figure(name: str, rows: int = 1) -> tuple[Figure, list[Axes]]:
+def _figure(name: str, rows: int = 1, sharex: bool = True) -> tuple[Figure, list[Axes]]:
     """A figure of exactly ``SIZES[name]`` pixels; constrained layout keeps outside legends on the canvas."""
     width, height = SIZES[name]
     fig = Figure(figsize=(width / 100, height / 100), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, 1, squeeze=False, sharex=rows > 1)[:, 0]
+    axes = fig.subplots(rows, 1, squeeze=False, sharex=sharex and rows > 1)[:, 0]
     return fig, list(axes)
 
 
@@ -394,6 +395,36 @@ def reconstruction(data: dict[str, Any], path: str | os.PathLike) -> Path:
             ax.set_xlim(min(e["layer"] for e in entries) - 0.6, max(e["layer"] for e in entries) + 0.6)
         _layer_axis(ax, title, "relative output error")
     fig.suptitle(f"Reconstruction: {data.get('method', '-')} (damping {data.get('damping', '-')})")
+    return _save(fig, path)
+
+
+def allocation_search(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """The allocation search (``analysis/search.json``): the parent's KL per generation against the seeds',
+    then, per kind, each layer's removed fraction in the T/tau plan and in the chosen plan."""
+    rates = data["rates"]
+    kinds = list(rates.get("search", {}))
+    fig, axes = _figure("allocation_search", rows=1 + len(kinds), sharex=False)
+    ax = axes[0]
+    history = data["history"]
+    if history:
+        ax.plot([h["generation"] for h in history], [h["fitness"] for h in history], "-o", color="tab:green",
+                label="search (parent, last stage)")  # fmt: skip
+    for (name, value), style in zip(data["seed_fitness"].items(), ("--", ":", "-."), strict=False):
+        ax.axhline(value, color="0.4", linestyle=style, label=f"seed: {name}")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("KL(dense || candidate)")
+    ax.legend(loc="upper right")
+    ax.set_title(f"fitness per generation; chosen on the held-out windows: {data['chosen']}")
+    chosen = data["chosen"]
+    for ax, kind in zip(axes[1:], kinds, strict=True):
+        for name, style, color in (
+            ("T/tau plan", "-o", "0.5"),
+            (chosen, "-s", COLORS.get(kind, "tab:green")),
+        ):
+            values = rates.get(name, {}).get(kind)
+            if values:
+                ax.plot(range(len(values)), values, style, color=color, label=name)
+        _layer_axis(ax, f"{kind}: fraction of groups removed", "removed fraction")
     return _save(fig, path)
 
 

@@ -77,9 +77,10 @@ def write_tensorboard(
     layer_report: dict[str, Any],
     report: dict[str, Any],
     reconstruction: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the events (with ``analysis/reconstruction.json``'s per-layer errors when given); return their
-    folder."""
+    """Write the events (with ``analysis/reconstruction.json``'s per-layer errors and
+    ``analysis/search.json``'s fitness per generation when given); return their folder."""
     writer = fresh_writer(run_dir)
     try:
         for entry in statistics["layers"]:
@@ -121,6 +122,8 @@ def write_tensorboard(
                         (entry[name] or {}).get(stage),
                         entry["layer"],
                     )
+        for entry in (search or {}).get("history", []):
+            _scalar(writer, "search/kl", entry["fitness"], entry["generation"])
         write_hparams(writer, report)
     finally:
         writer.close()

@@ -32,7 +32,8 @@ def _inputs(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
 
 
 def write_diagnostics(run_dir: Path) -> list[Path]:
-    """Write gradient_diagnosis.json, the three PNGs (a fourth, reconstruction.png, after a repair), the
+    """Write gradient_diagnosis.json, the three PNGs (reconstruction.png after a repair, allocation_search.png
+    after a search), the
     TensorBoard events and summary.md (last); for a sparse run, its sparsity plot, TensorBoard curves and
     summary."""
     if (run_dir / "analysis" / "sparsity.json").is_file():
@@ -44,15 +45,19 @@ def write_diagnostics(run_dir: Path) -> list[Path]:
     figures = run_dir / VISUALIZATION
     repair = run_dir / "analysis" / "reconstruction.json"
     reconstruction = load(repair, "reconstruction") if repair.is_file() else None
+    searched = run_dir / "analysis" / "search.json"
+    search = load(searched) if searched.is_file() else None
     written = [
         write_json(run_dir / "analysis" / "gradient_diagnosis.json", diagnosis),
         plots.gradient_analysis(statistics, figures / "gradient_analysis.png"),
         plots.pruning_rates(layers, figures / "pruning_rates.png"),
         plots.ranking_stages(layers, figures / "ranking_stages.png"),
-        write_tensorboard(run_dir, statistics, layers, report, reconstruction),
+        write_tensorboard(run_dir, statistics, layers, report, reconstruction, search),
     ]
     if reconstruction is not None:
         written.append(plots.reconstruction(reconstruction, figures / "reconstruction.png"))
+    if search is not None:
+        written.append(plots.allocation_search(search, figures / "allocation_search.png"))
     summary = run_dir / "summary.md"
     summary.write_text(recovery_section(run_dir) + summary_markdown(report, layers, diagnosis))
     return [*written, summary]

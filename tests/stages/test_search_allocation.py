@@ -33,6 +33,7 @@ def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_pa
     assert all(abs(c / 64 - r) < 1e-9 for c, r in zip(removed, rates, strict=True))  # 64 MLP channels
     assert any(c > 0 for c in removed)
     assert prune["seconds"]["search"] > 0
+    assert (tmp_path / tiny_llama.name / "run" / "visualization" / "allocation_search.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
