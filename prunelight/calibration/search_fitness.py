@@ -64,9 +64,14 @@ def masked(model: nn.Module, plan: PruningPlan) -> Iterator[nn.Module]:
             handle.remove()
 
 
+Reduce = Callable[[Tensor], Tensor]
+"""Sums a tensor over the processes (e.g. ``lambda t: strategy.reduce(t, reduce_op="sum")``)."""
+
+
 @torch.no_grad()
-def kl_to_dense(model: nn.Module, windows: Tensor, plan: PruningPlan, batch_size: int = 8) -> float:
-    """Mean over every position of KL(dense || planned) of the next-token distribution, in float32."""
+def kl_sums(model: nn.Module, windows: Tensor, plan: PruningPlan, batch_size: int = 8) -> tuple[float, int]:
+    """Sum over every position of KL(dense || planned) of the next-token distribution (float32), and the
+    number of positions."""
     total, positions = 0.0, 0
     device = next(model.parameters()).device
     for i in range(0, len(windows), batch_size):
@@ -76,7 +81,28 @@ def kl_to_dense(model: nn.Module, windows: Tensor, plan: PruningPlan, batch_size
             pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         total += float((dense.exp() * (dense - pruned)).sum())
         positions += ids.numel()
-    return total / positions
+    return total, positions
+
+
+def kl_to_dense(
+    model: nn.Module,
+    windows: Tensor,
+    plan: PruningPlan,
+    batch_size: int = 8,
+    process: int = 0,
+    processes: int = 1,
+    reduce: Reduce | None = None,
+) -> float:
+    """Mean over every position of KL(dense || planned). With several ``processes`` each takes every
+    ``processes``-th window from its ``process`` index and ``reduce`` sums the parts, so all get the same
+    number."""
+    total, positions = kl_sums(model, windows[process::processes], plan, batch_size)
+    if reduce is None:
+        return total / positions
+    sums = reduce(
+        torch.tensor([total, positions], dtype=torch.float64, device=next(model.parameters()).device)
+    )
+    return float(sums[0] / sums[1])
 
 
 class KLFitness:
@@ -90,6 +116,9 @@ class KLFitness:
         plan_of: Callable[[Genome], PruningPlan],
         batch_size: int = 8,
         seed: int = 0,
+        process: int = 0,
+        processes: int = 1,
+        reduce: Reduce | None = None,
     ) -> None:
         if any(n < 1 or n > len(windows) for n in stage_windows):
             raise ValueError(
@@ -97,6 +126,7 @@ class KLFitness:
             )
         self.model, self.windows, self.stage_windows = model, windows, list(stage_windows)
         self.plan_of, self.batch_size, self.seed = plan_of, batch_size, seed
+        self.process, self.processes, self.reduce = process, processes, reduce
 
     def windows_of(self, stage: int, generation: int) -> Tensor:
         """The stage's windows: a seeded draw without replacement from the pool."""
@@ -105,10 +135,13 @@ class KLFitness:
         )
         return self.windows[sorted(chosen)]
 
-    def __call__(self, genome: Genome, stage: int, generation: int) -> float:
+    def kl(self, windows: Tensor, plan: PruningPlan) -> float:
         return kl_to_dense(
-            self.model, self.windows_of(stage, generation), self.plan_of(genome), self.batch_size
+            self.model, windows, plan, self.batch_size, self.process, self.processes, self.reduce
         )
+
+    def __call__(self, genome: Genome, stage: int, generation: int) -> float:
+        return self.kl(self.windows_of(stage, generation), self.plan_of(genome))
 
 
 def search_allocation(
@@ -119,11 +152,17 @@ def search_allocation(
     windows: Tensor,
     batch_size: int = 8,
     progress: bool = True,
+    process: int = 0,
+    processes: int = 1,
+    reduce: Reduce | None = None,
 ) -> tuple[RankingResult, dict[str, Any]]:
     """``ranking.allocation: search``: from the T/tau plan ``seed`` (and the uniform plan), search one ladder
     level per layer and kind on KL to the dense ``model`` over the calibration ``windows`` but the last
     ``holdout_windows``; the seeds (the T/tau plan exact and on the ladder) and the found allocation are then
-    compared on those held-out windows and the best becomes the plan. Returns it and the report."""
+    compared on those held-out windows and the best becomes the plan. Returns it and the report.
+
+    Under DDP every process runs the same search: each scores its share of every stage's windows and
+    ``reduce`` sums the parts, so every decision is made from the same numbers on every rank."""
     settings = config.search
     needed = settings.stage_windows[-1] + settings.holdout_windows
     if len(windows) < needed:
@@ -152,7 +191,9 @@ def search_allocation(
         name: {kind: ladders[kind].nearest(plan_counts(result.plan, kind), targets[kind]) for kind in kinds}
         for name, result in plans.items()
     }
-    fitness = KLFitness(model, pool, settings.stage_windows, plan_of, batch_size, settings.seed)
+    fitness = KLFitness(
+        model, pool, settings.stage_windows, plan_of, batch_size, settings.seed, process, processes, reduce
+    )
     with tqdm(
         total=settings.generations, desc="allocation search", unit="generation", disable=not progress
     ) as bar:
@@ -164,7 +205,7 @@ def search_allocation(
         found = search(ladders, targets, seeds, fitness, settings, step)
     finals = {"T/tau plan": seed.plan, **{f"{name} on the ladder": plan_of(g) for name, g in seeds.items()}}
     finals["search"] = plan_of(found.best)
-    held_out = {name: kl_to_dense(model, holdout, plan, batch_size) for name, plan in finals.items()}
+    held_out = {name: fitness.kl(holdout, plan) for name, plan in finals.items()}
     chosen = min(held_out, key=lambda name: (held_out[name], name != "search"))
     result = seed.replanned(finals[chosen], table)
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prunelight.data.corpora import NAMED, CorpusSpec, as_spec, canonical_split, unavailable
 from prunelight.errors import ConfigError, DataError
 from prunelight.io import check_creatable
+from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig
 
 if TYPE_CHECKING:
@@ -56,12 +57,8 @@ def check_stage(
 
 
 def check_search(trainer: Any, datamodule: Any, ranking: RankingConfig) -> None:
-    """The allocation search runs in one process on the calibration windows: enough of them, one rank."""
-    if getattr(trainer, "world_size", 1) > 1:
-        raise ConfigError(
-            "ranking.allocation: search runs in one process for now; use trainer.devices: 1, or allocation: "
-            "global (the search's seed) on several"
-        )
+    """The allocation search needs enough calibration windows, and whole models (one process or DDP)."""
+    refuse_sharding(getattr(trainer, "strategy", None), "ranking.allocation: search")
     search = ranking.search
     needed = search.stage_windows[-1] + search.holdout_windows
     nsamples = getattr(datamodule, "nsamples", None)

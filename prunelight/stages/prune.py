@@ -136,7 +136,12 @@ def prune_structures(
             ranking,
             windows,
             datamodule.batch_size,
-            trainer.is_global_zero,
+            progress=trainer.is_global_zero,
+            process=trainer.global_rank,
+            processes=trainer.world_size,
+            reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+            if trainer.world_size > 1
+            else None,
         )
         seconds["search"] = search_report["seconds"]
     repair, repair_memory = None, {}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from conftest import tiny_prune_args
+from conftest import launch_ddp, tiny_prune_args
 
 from prunelight.main import main
+
+WORKER = Path(__file__).resolve().parent / "cli_worker.py"
 
 SEARCH = ["--importance.criterion", "taylor", "--ranking.ratio", "0.3", "--ranking.allocation", "search",
           "--ranking.search.levels", "4", "--ranking.search.generations", "3",
@@ -33,7 +36,26 @@ def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_pa
     assert all(abs(c / 64 - r) < 1e-9 for c, r in zip(removed, rates, strict=True))  # 64 MLP channels
     assert any(c > 0 for c in removed)
     assert prune["seconds"]["search"] > 0
-    assert (tmp_path / tiny_llama.name / "run" / "visualization" / "allocation_search.png").stat().st_size > 10_000
+    assert (
+        tmp_path / tiny_llama.name / "run" / "visualization" / "allocation_search.png"
+    ).stat().st_size > 10_000
+
+
+def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path):
+    """Each rank scores its share of every stage's windows and the sums are all-reduced: the same decisions,
+    so the same plan, as one process that scores them all."""
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    launch_ddp(WORKER, *tiny_prune_args(tiny_llama, tmp_path / "two", *SEARCH, *ddp))
+    main(tiny_prune_args(tiny_llama, tmp_path / "one", *SEARCH))
+    one, two = (tmp_path / root / tiny_llama.name / "run" / "analysis" for root in ("one", "two"))
+    assert (
+        json.loads((two / "plan.json").read_text())["plan"]
+        == json.loads((one / "plan.json").read_text())["plan"]
+    )
+    reports = [json.loads((folder / "search.json").read_text()) for folder in (one, two)]
+    assert reports[0]["chosen"] == reports[1]["chosen"] and reports[0]["levels"] == reports[1]["levels"]
+    for name, kl in reports[0]["held_out_kl"].items():
+        assert reports[1]["held_out_kl"][name] == pytest.approx(kl, rel=1e-5)
 
 
 @pytest.mark.parametrize(
