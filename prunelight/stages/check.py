@@ -111,7 +111,30 @@ def check_reachable(module: Any, ranking: RankingConfig) -> None:
         return
     if getattr(module, "model", None) is None and recorded_layer_sizes(model.config) is not None:
         resize_to_recorded(model)  # a pruned checkpoint: its per-layer sizes, not the config's uniform ones
-    rank(structure_table(model, module.adapter), ranking)
+    table = structure_table(model, module.adapter)
+    result = rank(table, ranking)
+    if ranking.allocation == "search":
+        check_ladders(table, result, ranking)
+
+
+def check_ladders(table: Any, result: Any, ranking: RankingConfig) -> None:
+    """Each kind's ladder of ``ranking.search.levels`` must hold its share of the target."""
+    import math
+
+    from prunelight.ranking.rank import layer_constraints
+    from prunelight.ranking.search import ladder_for
+
+    constraints = layer_constraints(ranking, table.num_layers, frozenset(result.plan.removed_layers))
+    for kind in ranking.kinds:
+        ladder = ladder_for(table, kind, ranking.search.levels, constraints)
+        target = math.ceil(result.stages[kind]["target_params"])
+        if ladder.most() < target:
+            top = (ranking.search.levels - 1) / ranking.search.levels
+            raise ConfigError(
+                f"ranking.search.levels {ranking.search.levels} lets a layer lose at most {top:.0%} of its "
+                f"{kind} groups (and max_rate limits it further): {ladder.most():,} parameters, fewer than "
+                f"the {kind} target {target:,}; raise ranking.search.levels or max_rate, or lower ratio"
+            )
 
 
 def check_sparse_ratio(ranking: RankingConfig, sparsity: SparsitySettings) -> None:

@@ -67,6 +67,10 @@ def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path):
             ["--ranking.search.stage_windows", "[3, 2]"],
             "search.stage_windows must be positive and not decreasing",
         ),
+        (
+            ["--ranking.search.levels", "2", "--ranking.kinds", "[mlp]", "--ranking.ratio", "0.6"],
+            "at most 50% of its mlp",
+        ),
     ],
 )
 def test_bad_search_settings_are_one_line_before_calibrating(tiny_llama, tmp_path, capsys, extra, message):
