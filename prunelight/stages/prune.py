@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def prune_structures(
         "zero_shot": {"dense": part_of(dense, "zero_shot"), "pruned": part_of(pruned, "zero_shot")},
         "calibration": calibration,
         "importance": vars(importance),
-        "ranking": vars(ranking),
+        "ranking": asdict(ranking),
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
         "diagnosis": vars(diagnosis),

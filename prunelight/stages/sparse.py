@@ -178,7 +178,7 @@ def prune_sparse(
         "calibration": calibration,
         "importance": vars(importance),
         "sparsity": {**vars(sparsity), "block": list(sparsity.block)},
-        "ranking": vars(ranking),
+        "ranking": dataclasses.asdict(ranking),
         "compensation": compensation,
         "evaluation": vars(evaluation) if evaluation else None,
         "seconds": seconds,
