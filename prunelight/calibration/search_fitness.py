@@ -220,7 +220,7 @@ def search_allocation(
             **vars(settings),
             "stage_windows": list(settings.stage_windows),
             "survivors": list(settings.survivors),
-        },  # fmt: skip
+        },
         "windows": {"searched": len(pool), "held_out": len(holdout), "seqlen": int(windows.shape[1])},
         "targets": targets,
         "ladder_counts": {kind: [list(c) for c in ladders[kind].counts] for kind in kinds},
