@@ -19,6 +19,7 @@ from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.models.sharding import is_fully_sharded
 from prunelight.ranking import RankingConfig
+from prunelight.ranking.search import SearchSettings
 from prunelight.stages.evaluation import run_evaluate
 from prunelight.stages.finetune import run_finetune
 from prunelight.stages.pipeline import run_pipeline
@@ -80,6 +81,7 @@ class PrunelightTrainer(L.Trainer):
         diagnosis: DiagnosisSettings = DiagnosisSettings(),  # noqa: B008
         sparsity: SparsitySettings | None = None,
         reconstruction: ReconstructionSettings = ReconstructionSettings(),  # noqa: B008
+        search: SearchSettings = SearchSettings(),  # noqa: B008
     ) -> dict[str, Any]:
         """Calibrate, rank, remove, evaluate and save (docs/design.md: Data flow), into ``default_root_dir``.
 
@@ -95,13 +97,22 @@ class PrunelightTrainer(L.Trainer):
             sparsity: zero weights in a sparse pattern (unstructured, N:M, blocks, or the hybrid) instead of
                 removing structures; None prunes structures.
             reconstruction: refit each layer's kept o/down columns after its cut (``method: lsq``).
+            search: the allocation search of ``ranking.allocation: search`` (levels, generations, ...).
         """
         return run_prune(
             self,
             model,
             datamodule,
             PruneSettings(
-                importance, ranking, compensation, evaluation, save_model, diagnosis, sparsity, reconstruction
+                importance,
+                ranking,
+                compensation,
+                evaluation,
+                save_model,
+                diagnosis,
+                sparsity,
+                reconstruction,
+                search,
             ),
         )
 
@@ -156,6 +167,7 @@ class PrunelightTrainer(L.Trainer):
         recovery: RecoverySettings = RecoverySettings(),  # noqa: B008
         finetune_data: L.LightningDataModule | None = None,
         reconstruction: ReconstructionSettings = ReconstructionSettings(),  # noqa: B008
+        search: SearchSettings = SearchSettings(),  # noqa: B008
     ) -> dict[str, Any]:
         """prune -> evaluate -> fine-tune -> evaluate, into one results folder with one ``summary.md`` table
         (dense / pruned / recovered: parameters, perplexities, zero-shot accuracies).
@@ -167,7 +179,7 @@ class PrunelightTrainer(L.Trainer):
         ``precision``, ``val_check_interval``) apply to it.
         """
         prune = PruneSettings(
-            importance, ranking, compensation, evaluation, True, diagnosis, sparsity, reconstruction
+            importance, ranking, compensation, evaluation, True, diagnosis, sparsity, reconstruction, search
         )
         settings = PipelineSettings(prune, lora, training, recovery, finetune_data)
         return run_pipeline(self, model, datamodule, settings)

@@ -29,7 +29,15 @@ from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
 from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingResult, rank
 from prunelight.ranking.rank import layer_constraints
-from prunelight.ranking.search import Genome, genome_plan, group_order, ladder_for, plan_counts, search
+from prunelight.ranking.search import (
+    Genome,
+    SearchSettings,
+    genome_plan,
+    group_order,
+    ladder_for,
+    plan_counts,
+    search,
+)
 
 
 @contextmanager
@@ -149,6 +157,7 @@ def search_allocation(
     table: GroupTable,
     seed: RankingResult,
     config: RankingConfig,
+    settings: SearchSettings,
     windows: Tensor,
     batch_size: int = 8,
     progress: bool = True,
@@ -163,13 +172,12 @@ def search_allocation(
 
     Under DDP every process runs the same search: each scores its share of every stage's windows and
     ``reduce`` sums the parts, so every decision is made from the same numbers on every rank."""
-    settings = config.search
     needed = settings.stage_windows[-1] + settings.holdout_windows
     if len(windows) < needed:
         raise ConfigError(
             f"the allocation search needs {needed} calibration windows (its last stage's "
             f"{settings.stage_windows[-1]} plus {settings.holdout_windows} held out), got {len(windows)}: "
-            "raise data.nsamples or lower ranking.search.stage_windows / holdout_windows"
+            "raise data.nsamples or lower search.stage_windows / search.holdout_windows"
         )
     start = time.perf_counter()
     model.eval()

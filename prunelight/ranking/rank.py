@@ -43,7 +43,7 @@ from prunelight.ranking.corrections import (
 )
 from prunelight.ranking.normalize import NORMALIZATIONS, clip_percentiles, normalize
 from prunelight.ranking.plan import LayerPlan, PruningPlan
-from prunelight.ranking.search import SearchSettings, plan_counts
+from prunelight.ranking.search import plan_counts
 from prunelight.ranking.table import KINDS, GroupTable
 
 STAGES = ("raw", "normalized", "block", "layer", "depth")
@@ -58,8 +58,8 @@ class RankingConfig:
         ratio_of: ``"prunable"`` (attention groups and MLP channels, ``GroupTable.prunable_params()``) or
             ``"all"`` (``GroupTable.total_params``, embeddings included).
         allocation: ``"global"`` ranks all groups of a kind across layers; ``"search"`` starts there and
-            searches the per-layer amounts on the model's own outputs (``search``; the prune stage runs it,
-            :mod:`prunelight.calibration.search_fitness`); ``"uniform"`` removes the same
+            searches the per-layer amounts on the model's own outputs (the ``search`` section; the prune
+            stage runs it, :mod:`prunelight.calibration.search_fitness`); ``"uniform"`` removes the same
             fraction from every layer.
         kinds: the kinds that are pruned, each ranked among itself and reaching its share of the target.
         normalization: per layer and kind, see :mod:`prunelight.ranking.normalize`.
@@ -97,12 +97,9 @@ class RankingConfig:
     protected_layers: list[int] = field(default_factory=list)
     remove_layers: int = 0
     mlp_multiple: int = 1
-    search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
-        if isinstance(self.search, dict):
-            self.search = SearchSettings(**self.search)
         self.protected_layers = [int(i) for i in self.protected_layers]
         if self.clip_percentiles is not None:
             self.clip_percentiles = tuple(float(p) for p in self.clip_percentiles)  # type: ignore[assignment]

@@ -115,7 +115,7 @@ class Ladder:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """How long and how carefully to search (``ranking.search`` with ``ranking.allocation: search``).
+    """How long and how carefully to search (the ``search`` section, with ``ranking.allocation: search``).
 
     Attributes:
         levels: the ladder: level ``j`` of a layer removes ``j / levels`` of its groups, ``j < levels``,

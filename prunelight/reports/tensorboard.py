@@ -38,9 +38,7 @@ def hyperparameters(report: dict[str, Any]) -> tuple[dict[str, Any], dict[str, f
     params: dict[str, Any] = {}
     for section in ("importance", "ranking", "sparsity"):  # sparsity: mask runs only
         for key, value in (report.get(section) or {}).items():
-            nested = value.items() if isinstance(value, dict) else [("", value)]  # ranking.search: one level
-            for inner, item in nested:
-                params[f"{section}/{key}" + (f"/{inner}" if inner else "")] = _hparam_value(item)
+            params[f"{section}/{key}"] = _hparam_value(value)
     calibration = report.get("calibration") or {}
     for key in ("corpora", "nsamples", "seqlen", "split"):
         if key in calibration:

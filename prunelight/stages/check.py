@@ -16,6 +16,7 @@ from prunelight.errors import ConfigError, DataError
 from prunelight.io import check_creatable
 from prunelight.models.sharding import refuse_sharding
 from prunelight.ranking import RankingConfig
+from prunelight.ranking.search import SearchSettings
 
 if TYPE_CHECKING:
     from prunelight.stages.settings import EvaluationSettings, SparsitySettings
@@ -32,6 +33,7 @@ def check_stage(
     evaluation: EvaluationSettings | None = None,
     sparsity: SparsitySettings | None = None,
     finetune_data: Any = None,
+    search: SearchSettings | None = None,
 ) -> None:
     """Every check of a stage's settings that the model's config allows, in one place; cheap (no weights).
     The settings first, then whether the data can be found (so a typo is named before a missing file)."""
@@ -44,10 +46,10 @@ def check_stage(
     if sparsity is not None and ranking is not None:
         check_sparse_ratio(ranking, sparsity)
     if sparsity is None and ranking is not None and ranking.allocation == "search":
-        check_search(trainer, datamodule, ranking)
+        check_search(trainer, datamodule, search or SearchSettings())
     config = getattr(module, "config", None)
     if config is not None:
-        check_against_config(module, config, datamodule, ranking, evaluation, sparsity, finetune_data)
+        check_against_config(module, config, datamodule, ranking, evaluation, sparsity, finetune_data, search)
     for key, data in (("data", datamodule), ("finetune_data", finetune_data)):
         if data is not None:
             check_datamodule_available(data, key)
@@ -56,17 +58,16 @@ def check_stage(
         check_available(corpora, evaluation.split, "evaluation")
 
 
-def check_search(trainer: Any, datamodule: Any, ranking: RankingConfig) -> None:
+def check_search(trainer: Any, datamodule: Any, search: SearchSettings) -> None:
     """The allocation search needs enough calibration windows, and whole models (one process or DDP)."""
     refuse_sharding(getattr(trainer, "strategy", None), "ranking.allocation: search")
-    search = ranking.search
     needed = search.stage_windows[-1] + search.holdout_windows
     nsamples = getattr(datamodule, "nsamples", None)
     if nsamples is not None and nsamples < needed:
         raise ConfigError(
             f"ranking.allocation: search needs {needed} calibration windows (its last stage's "
             f"{search.stage_windows[-1]} plus {search.holdout_windows} held out), but data.nsamples is "
-            f"{nsamples}: raise data.nsamples or lower ranking.search.stage_windows / holdout_windows"
+            f"{nsamples}: raise data.nsamples or lower search.stage_windows / search.holdout_windows"
         )
 
 
@@ -78,6 +79,7 @@ def check_against_config(
     evaluation: EvaluationSettings | None,
     sparsity: SparsitySettings | None,
     finetune_data: Any,
+    search: SearchSettings | None = None,
 ) -> None:
     """Lengths against the context, layer settings against the layer count, sparse shapes."""
     name = getattr(getattr(module, "spec", None), "path", "the model")
@@ -94,10 +96,10 @@ def check_against_config(
     if sparsity is not None and ranking is not None:
         check_sparse(module, sparsity, ranking)
     elif ranking is not None and ranking.remove_layers == 0:
-        check_reachable(module, ranking)
+        check_reachable(module, ranking, search)
 
 
-def check_reachable(module: Any, ranking: RankingConfig) -> None:
+def check_reachable(module: Any, ranking: RankingConfig, search: SearchSettings | None = None) -> None:
     """The ranking's target within its per-layer limits, ranked on placeholder scores of the model's shapes
     (:func:`~prunelight.importance.groups.structure_table`): a target the limits cannot reach is the ranking's
     own one-line error, before the calibration. Layer removal is left to the ranking: which layers go depends
@@ -114,11 +116,11 @@ def check_reachable(module: Any, ranking: RankingConfig) -> None:
     table = structure_table(model, module.adapter)
     result = rank(table, ranking)
     if ranking.allocation == "search":
-        check_ladders(table, result, ranking)
+        check_ladders(table, result, ranking, search or SearchSettings())
 
 
-def check_ladders(table: Any, result: Any, ranking: RankingConfig) -> None:
-    """Each kind's ladder of ``ranking.search.levels`` must hold its share of the target."""
+def check_ladders(table: Any, result: Any, ranking: RankingConfig, search: SearchSettings) -> None:
+    """Each kind's ladder of ``search.levels`` must hold its share of the target."""
     import math
 
     from prunelight.ranking.rank import layer_constraints
@@ -126,14 +128,15 @@ def check_ladders(table: Any, result: Any, ranking: RankingConfig) -> None:
 
     constraints = layer_constraints(ranking, table.num_layers, frozenset(result.plan.removed_layers))
     for kind in ranking.kinds:
-        ladder = ladder_for(table, kind, ranking.search.levels, constraints)
+        ladder = ladder_for(table, kind, search.levels, constraints)
         target = math.ceil(result.stages[kind]["target_params"])
         if ladder.most() < target:
-            top = (ranking.search.levels - 1) / ranking.search.levels
+            top = (search.levels - 1) / search.levels
             raise ConfigError(
-                f"ranking.search.levels {ranking.search.levels} lets a layer lose at most {top:.0%} of its "
+                f"search.levels {search.levels} lets a layer lose at most {top:.0%} of its "
                 f"{kind} groups (and max_rate limits it further): {ladder.most():,} parameters, fewer than "
-                f"the {kind} target {target:,}; raise ranking.search.levels or max_rate, or lower ratio"
+                f"the {kind} target {target:,}; raise search.levels or ranking.max_rate, or lower "
+                "ranking.ratio"
             )
 
 

@@ -38,7 +38,14 @@ def run_pipeline(
     on the same in-memory model, into ``default_root_dir``; return ``analysis/recovery.json``'s content."""
     prune = settings.prune
     check_stage(
-        trainer, module, datamodule, prune.ranking, prune.evaluation, prune.sparsity, settings.finetune_data
+        trainer,
+        module,
+        datamodule,
+        prune.ranking,
+        prune.evaluation,
+        prune.sparsity,
+        settings.finetune_data,
+        prune.search,
     )
     with rewritten(Path(trainer.default_root_dir)):
         return _pipeline(trainer, module, datamodule, settings)

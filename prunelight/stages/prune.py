@@ -63,7 +63,8 @@ def run_prune(
     settings: PruneSettings,
 ) -> dict[str, Any]:
     """The ``prune`` subcommand: check everything, then :func:`prune_model` into ``default_root_dir``."""
-    check_stage(trainer, module, datamodule, settings.ranking, settings.evaluation, settings.sparsity)
+    ranking, evaluation, sparsity = settings.ranking, settings.evaluation, settings.sparsity
+    check_stage(trainer, module, datamodule, ranking, evaluation, sparsity, search=settings.search)
     with rewritten(Path(trainer.default_root_dir)):
         return prune_model(trainer, module, datamodule, settings)
 
@@ -135,6 +136,7 @@ def prune_structures(
             calibrated.table,
             result,
             ranking,
+            settings.search,
             windows,
             datamodule.batch_size,
             progress=trainer.is_global_zero,

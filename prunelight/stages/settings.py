@@ -23,6 +23,7 @@ from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.importance.criteria import CRITERIA, CriterionName, sparse_criteria
 from prunelight.ranking import RankingConfig
+from prunelight.ranking.search import SearchSettings
 
 
 @dataclass
@@ -284,6 +285,7 @@ class PruneSettings:
         diagnosis: thresholds of ``analysis/gradient_diagnosis.json``.
         sparsity: zero weights in a sparse pattern instead of removing structures; None prunes structures.
         reconstruction: refit what each layer keeps after its cut (structured pruning only).
+        search: the allocation search of ``ranking.allocation: search``.
     """
 
     importance: ImportanceSettings = field(default_factory=ImportanceSettings)
@@ -294,6 +296,7 @@ class PruneSettings:
     diagnosis: DiagnosisSettings = field(default_factory=DiagnosisSettings)
     sparsity: SparsitySettings | None = None
     reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
     def __post_init__(self) -> None:
         if self.sparsity is not None and self.reconstruction.enabled:

@@ -13,10 +13,10 @@ from prunelight.main import main
 WORKER = Path(__file__).resolve().parent / "cli_worker.py"
 
 SEARCH = ["--importance.criterion", "taylor", "--ranking.ratio", "0.3", "--ranking.allocation", "search",
-          "--ranking.search.levels", "4", "--ranking.search.generations", "3",
-          "--ranking.search.offspring", "3",
-          "--ranking.search.stage_windows", "[2, 3]", "--ranking.search.survivors", "[2]",
-          "--ranking.search.holdout_windows", "2", "--data.nsamples", "6"]  # fmt: skip
+          "--search.levels", "4", "--search.generations", "3",
+          "--search.offspring", "3",
+          "--search.stage_windows", "[2, 3]", "--search.survivors", "[2]",
+          "--search.holdout_windows", "2", "--data.nsamples", "6"]  # fmt: skip
 
 
 def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_path):
@@ -61,14 +61,14 @@ def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--ranking.search.generations", "0"], "search.generations must be at least 1, got 0"),
+        (["--search.generations", "0"], "search.generations must be at least 1, got 0"),
         (["--data.nsamples", "4"], "search needs 5 calibration windows"),
         (
-            ["--ranking.search.stage_windows", "[3, 2]"],
+            ["--search.stage_windows", "[3, 2]"],
             "search.stage_windows must be positive and not decreasing",
         ),
         (
-            ["--ranking.search.levels", "2", "--ranking.kinds", "[mlp]", "--ranking.ratio", "0.6"],
+            ["--search.levels", "2", "--ranking.kinds", "[mlp]", "--ranking.ratio", "0.6"],
             "at most 50% of its mlp",
         ),
     ],
