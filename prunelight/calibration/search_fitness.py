@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from prunelight.apply.structured import kept_columns
 from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
 from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingResult, rank
@@ -38,14 +39,15 @@ from prunelight.ranking.search import (
     plan_counts,
     search,
 )
+from prunelight.save.layers import head_dim, read_layer_sizes
 
 
 @contextmanager
 def masked(model: nn.Module, plan: PruningPlan) -> Iterator[nn.Module]:
-    """``model`` computing as if ``plan`` were applied, while the context lasts (weights untouched)."""
+    """``model`` computing as if ``plan`` were applied, while the context lasts (weights untouched): the
+    inputs of o_proj and down_proj outside apply's kept columns are zeroed."""
     adapter = adapter_for(model)
-    layout = adapter.layout(model.config)
-    width = layout.num_key_value_groups * layout.head_dim
+    sizes, dim = read_layer_sizes(model), head_dim(model)
     handles = []
 
     def zero(columns: Tensor) -> Callable:
@@ -57,15 +59,12 @@ def masked(model: nn.Module, plan: PruningPlan) -> Iterator[nn.Module]:
     try:
         for layer_plan in plan.layers:
             m = adapter.modules(adapter.decoder_layers(model)[layer_plan.layer])
-            if layer_plan.attention_groups:
-                keep = torch.ones(m.o.in_features)
-                for g in layer_plan.attention_groups:
-                    keep[g * width : (g + 1) * width] = 0
-                handles.append(m.o.register_forward_pre_hook(zero(keep)))
-            if layer_plan.mlp_channels:
-                keep = torch.ones(m.down.in_features)
-                keep[layer_plan.mlp_channels] = 0
-                handles.append(m.down.register_forward_pre_hook(zero(keep)))
+            for name, units in (("o", layer_plan.attention_groups), ("down", layer_plan.mlp_channels)):
+                if units:
+                    linear = getattr(m, name)
+                    keep = torch.zeros(linear.in_features)
+                    keep[kept_columns(sizes[layer_plan.layer], dim, name, units, keep.device)] = 1
+                    handles.append(linear.register_forward_pre_hook(zero(keep)))
         yield model
     finally:
         for handle in handles:
@@ -172,13 +171,7 @@ def search_allocation(
 
     Under DDP every process runs the same search: each scores its share of every stage's windows and
     ``reduce`` sums the parts, so every decision is made from the same numbers on every rank."""
-    needed = settings.stage_windows[-1] + settings.holdout_windows
-    if len(windows) < needed:
-        raise ConfigError(
-            f"the allocation search needs {needed} calibration windows (its last stage's "
-            f"{settings.stage_windows[-1]} plus {settings.holdout_windows} held out), got {len(windows)}: "
-            "raise data.nsamples or lower search.stage_windows / search.holdout_windows"
-        )
+    settings.check_windows(len(windows))
     start = time.perf_counter()
     model.eval()
     pool, holdout = windows[: -settings.holdout_windows], windows[-settings.holdout_windows :]

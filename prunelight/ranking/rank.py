@@ -199,9 +199,7 @@ class RankingResult:
             sizes, params = allocation["groups_before"], table.group_params(kind)
             planned = plan_counts(plan, kind)
             counts = [n if layer in removed_layers else planned[layer] for layer, n in enumerate(sizes)]
-            allocation["groups_after"] = [n - c for n, c in zip(sizes, counts, strict=True)]
-            allocation["rate"] = [c / n if n else 0.0 for n, c in zip(sizes, counts, strict=True)]
-            allocation["params_removed"] = [c * p for c, p in zip(counts, params, strict=True)]
+            allocation.update(_removed_counts(sizes, counts, params))
             kind_removed = sum(c * p for layer, (c, p) in enumerate(zip(counts, params, strict=True))
                                if layer not in removed_layers)  # fmt: skip
             stages[kind] = {**stages[kind], "allocation": allocation, "removed_params": kind_removed}
@@ -221,6 +219,15 @@ class RankingResult:
             "target_params": self.target_params,
             "removed_params": self.removed_params,
         }
+
+
+def _removed_counts(sizes: list[int], counts: list[int], params: list[int]) -> dict[str, list]:
+    """The allocation entries of ``counts`` groups removed per layer (of ``sizes``, ``params`` each)."""
+    return {
+        "groups_after": [n - c for n, c in zip(sizes, counts, strict=True)],
+        "rate": [c / n if n else 0.0 for n, c in zip(sizes, counts, strict=True)],
+        "params_removed": [c * p for c, p in zip(counts, params, strict=True)],
+    }
 
 
 def _stats(scores: list[torch.Tensor]) -> dict[str, list[float | None]]:
@@ -398,9 +405,7 @@ def rank(table: GroupTable, config: RankingConfig) -> RankingResult:
             **{stage: _stats(scores[stage]) for stage in STAGES},
             "allocation": {
                 "groups_before": sizes,
-                "groups_after": [n - c for n, c in zip(sizes, counts, strict=True)],
-                "rate": [c / n if n else 0.0 for n, c in zip(sizes, counts, strict=True)],
-                "params_removed": [c * p for c, p in zip(counts, params, strict=True)],
+                **_removed_counts(sizes, counts, params),
                 "min_groups": min_counts,
                 "max_groups": max_counts,
             },

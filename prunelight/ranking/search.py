@@ -169,6 +169,16 @@ class SearchSettings:
     def stages(self) -> int:
         return len(self.stage_windows)
 
+    def check_windows(self, available: int) -> None:
+        """The last stage's windows and the held-out ones must come from ``available`` calibration windows."""
+        needed = self.stage_windows[-1] + self.holdout_windows
+        if available < needed:
+            raise ConfigError(
+                f"ranking.allocation: search needs {needed} calibration windows (its last stage's "
+                f"{self.stage_windows[-1]} plus {self.holdout_windows} held out), got {available}: raise "
+                "data.nsamples or lower search.stage_windows / search.holdout_windows"
+            )
+
 
 @dataclass
 class SearchResult:

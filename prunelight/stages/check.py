@@ -61,14 +61,9 @@ def check_stage(
 def check_search(trainer: Any, datamodule: Any, search: SearchSettings) -> None:
     """The allocation search needs enough calibration windows, and whole models (one process or DDP)."""
     refuse_sharding(getattr(trainer, "strategy", None), "ranking.allocation: search")
-    needed = search.stage_windows[-1] + search.holdout_windows
     nsamples = getattr(datamodule, "nsamples", None)
-    if nsamples is not None and nsamples < needed:
-        raise ConfigError(
-            f"ranking.allocation: search needs {needed} calibration windows (its last stage's "
-            f"{search.stage_windows[-1]} plus {search.holdout_windows} held out), but data.nsamples is "
-            f"{nsamples}: raise data.nsamples or lower search.stage_windows / search.holdout_windows"
-        )
+    if nsamples is not None:
+        search.check_windows(nsamples)
 
 
 def check_against_config(
