@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from prunelight.importance.statistics import summable
+
 KINDS = ("attention", "mlp")
 STATISTICS = ("mean", "std", "norm", "min", "max")
 
@@ -63,7 +65,7 @@ class GradientStatistics:
             moments = gradient_moments(grad)
         row = layer * len(KINDS) + KINDS.index(kind)
         pending = self._pending.setdefault(grad.device, [])
-        pending.append((row, grad.numel(), 1.0 / self.projections[kind], moments))
+        pending.append((row, grad.numel(), 1.0, moments))  # passes are counted in gradients
 
     def flush(self) -> None:
         """Fold the noted gradients into the accumulators (once per batch: a few kernels, not a few per
@@ -77,9 +79,12 @@ class GradientStatistics:
             part_rows = torch.repeat_interleave(meta[:, 0].long(), counts).to(device)
             meta = meta.to(device)
             rows, n, passes = meta[:, 0].long(), meta[:, 1], meta[:, 2]
-            moments = self.moments[device]  # columns: elements, sum, sum of squares, passes
+            # columns: elements, sum, sum of squares, weight gradients seen (whole numbers: exact in any
+            # order, where 1/3 of a pass per gradient added up differently on N ranks)
+            moments = self.moments[device]
             moments[:, ::3].index_add_(0, rows, torch.stack([n, passes], dim=1))
-            moments[:, 1:3].index_add_(0, part_rows, parts[:, :2])
+            batch = torch.zeros_like(moments[:, 1:3]).index_add_(0, part_rows, parts[:, :2])
+            moments[:, 1:3] += summable(batch)  # the batch's sums, exactly addable across batches and ranks
             self.minimum[device].scatter_reduce_(0, part_rows, parts[:, 2], "amin")
             self.maximum[device].scatter_reduce_(0, part_rows, parts[:, 3], "amax")
             pending.clear()
@@ -106,7 +111,8 @@ class GradientStatistics:
             entry: dict[str, dict[str, Any] | None] = {}
             for k, kind in enumerate(KINDS):
                 row = first + k
-                n, total, total_sq, passes = (float(v) for v in moments[row])
+                n, total, total_sq, seen = (float(v) for v in moments[row])
+                passes = seen / self.projections[kind]
                 if n == 0:
                     entry[kind] = None
                     continue

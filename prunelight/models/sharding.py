@@ -33,16 +33,29 @@ class FullyShardedStrategy(ModelParallelStrategy):
     ``ModelParallelStrategy`` defaults to tensor parallelism across a node's devices; prunelight shards the
     model only along the data-parallel dimension (each rank calibrates on its share of the windows), so both
     sizes are fixed here and the user names just the strategy and the devices.
+
+    Args:
+        prefetch: how many decoder layers ahead each layer's forward (and behind, its backward) asks FSDP2 to
+            all-gather, so that the gathers run under the compute of the layer before. 0 leaves FSDP2's own
+            scheduling (it issues the next gather only when the CPU reaches the next layer).
+        resident_layers: the last N decoder layers are not resharded after their forward: their backward
+            follows at once (gradient criteria), and forward-only windows find them gathered already. Each
+            costs one layer's whole weights in GPU memory per rank and saves one all-gather per window.
+        **kwargs: Lightning's ``ModelParallelStrategy`` arguments (not its parallel sizes).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, prefetch: int = 1, resident_layers: int = 1, **kwargs: Any) -> None:
         for fixed in ("data_parallel_size", "tensor_parallel_size"):
             if fixed in kwargs:
                 raise ConfigError(
                     f"FullyShardedStrategy shards over all processes and takes no {fixed}; set "
                     "trainer.devices (and num_nodes) instead"
                 )
+        for name, value in (("prefetch", prefetch), ("resident_layers", resident_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"FullyShardedStrategy {name} must be a whole number >= 0, got {value!r}")
         super().__init__(data_parallel_size=1, tensor_parallel_size=1, **kwargs)
+        self.prefetch, self.resident_layers = prefetch, resident_layers
 
     def setup_environment(self) -> None:
         # the world size is known only once the devices are: every process is a data-parallel rank
@@ -71,6 +84,10 @@ def is_sharded(model: nn.Module) -> bool:
 def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
     """``fully_shard`` each decoder layer, then the root (embeddings, final norm, head), once.
 
+    The strategy's ``resident_layers`` last layers stay gathered after their forward, and each layer asks
+    for the gathers of its ``prefetch`` next (in the backward, previous) layers when it starts, so that
+    the communication runs under compute (docs/performance.md, two GPUs).
+
     Called from ``configure_model`` on every stage; a model that is sharded already is left alone, and any
     strategy other than FSDP2 leaves the model as it is.
     """
@@ -86,10 +103,16 @@ def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
     from torch.distributed.fsdp import fully_shard
 
     data_parallel = mesh["data_parallel"]
-    layers = adapter.decoder_layers(model)
-    for layer in layers:
-        fully_shard(layer, mesh=data_parallel)
+    layers = list(adapter.decoder_layers(model))
+    resident = len(layers) - getattr(strategy, "resident_layers", 0)
+    for index, layer in enumerate(layers):
+        fully_shard(layer, mesh=data_parallel, reshard_after_forward=index < resident)
     fully_shard(model, mesh=data_parallel)
+    ahead = getattr(strategy, "prefetch", 0)
+    if ahead:
+        for index, layer in enumerate(layers):
+            layer.set_modules_to_forward_prefetch(layers[index + 1 : index + 1 + ahead])
+            layer.set_modules_to_backward_prefetch(layers[max(index - ahead, 0) : index][::-1])
 
 
 def refuse_sharding(strategy: object, what: str) -> None:

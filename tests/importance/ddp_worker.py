@@ -1,6 +1,6 @@
 """One rank of a 2-process gloo calibration (launched by test_ddp.py with torchrun-style variables).
 
-Usage: python ddp_worker.py <model folder> <criterion> <output file> [ddp|fsdp]
+Usage: python ddp_worker.py <model folder> <criterion> <output file> [ddp|fsdp[:PREFETCH:RESIDENT]]
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def calibrate(folder: str, criterion: str, devices: int, strategy: str | FullySh
 
 if __name__ == "__main__":
     folder, criterion, out = sys.argv[1:4]
-    fsdp = sys.argv[4:] == ["fsdp"]
-    scores = calibrate(folder, criterion, 2, FullyShardedStrategy() if fsdp else "ddp")
+    how = sys.argv[4] if len(sys.argv) > 4 else "ddp"
+    if how.startswith("fsdp"):  # fsdp:P:R sets the strategy's prefetch and resident_layers
+        knobs = dict(zip(("prefetch", "resident_layers"), map(int, how.split(":")[1:]), strict=False))
+        strategy: str | FullyShardedStrategy = FullyShardedStrategy(**knobs)
+    else:
+        strategy = "ddp"
+    scores = calibrate(folder, criterion, 2, strategy)
     if scores["rank"] == 0:
         torch.save(scores, out)
