@@ -6,6 +6,8 @@ each stage, the peak memory of every GPU, and a fingerprint of the plan to compa
     torchrun --nproc_per_node 8 benchmarks/sharded_prune.py --shape llama-2-70b --strategy fsdp2 \\
         --nsamples 64 --seqlen 2048 --plan-out plans/70b-8.json
     python benchmarks/sharded_prune.py --shape llama-3-8b --strategy auto --criteria taylor   # one GPU
+    torchrun --nproc_per_node 2 benchmarks/sharded_prune.py --shape llama-2-70b --layers 10 \
+        --prefetch 0 --resident-layers 0 --calibration-only                # FSDP2's own scheduling
 
 The weights never exist whole on one device: the model is built on the meta device, sharded, and every
 parameter is then drawn from a generator seeded by its name, whole on the rank's device one tensor at a
@@ -36,7 +38,7 @@ from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
 from prunelight.loops import calibrate
 from prunelight.measure import peak_memory, reset_peak_memory
-from prunelight.models.sharding import is_sharded, unsharded_copy
+from prunelight.models.sharding import FullyShardedStrategy, is_sharded, unsharded_copy
 from prunelight.ranking import RankingConfig, rank
 from prunelight.save import save_pruned
 from prunelight.trainer import PrunelightTrainer
@@ -139,6 +141,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def strategy(args: argparse.Namespace) -> str | FullyShardedStrategy:
+    """The trainer's strategy: FSDP2 with the run's prefetch and resident layers, or the name given."""
+    if args.strategy != "fsdp2":
+        return args.strategy
+    return FullyShardedStrategy(prefetch=args.prefetch, resident_layers=args.resident_layers)
+
+
 def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     module = build(args)
     data = CalibrationDataModule(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size)
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     trainer = PrunelightTrainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
         devices=world,
-        strategy=args.strategy,
+        strategy=strategy(args),
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -156,19 +165,23 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     device = trainer.strategy.root_device
     reset_peak_memory(device)
     start = time.perf_counter()
-    calibrated = calibrate(trainer, module, data, ImportanceCallback(criterion, gradient_statistics=False))
+    importance = ImportanceCallback(criterion, gradient_statistics=False)
+    calibrated = calibrate(trainer, module, data, importance)
     _sync(device)
-    seconds["calibration"] = time.perf_counter() - start
+    seconds["calibration"] = time.perf_counter() - start  # with the model's sharding and weight drawing
+    seconds["calibration loop"] = importance.seconds
     memory = peak_memory(device)
     start = time.perf_counter()
     result = rank(calibrated.table, RankingConfig(ratio=args.ratio))
     seconds["ranking"] = time.perf_counter() - start
+    plan = result.to_dict()
+    if args.calibration_only:
+        return _finish(module, trainer, None, device, memory, plan, seconds, calibrated.tokens)
     start = time.perf_counter()
     model = module.model
     model = unsharded_copy(model, keep=trainer.is_global_zero) if is_sharded(model) else model.cpu()
     module.model = None  # the sharded model's GPU memory goes before the next criterion's run
     seconds["unshard / to CPU"] = time.perf_counter() - start
-    plan = result.to_dict()
     if trainer.is_global_zero:
         start = time.perf_counter()
         apply_plan(model, result.plan)
@@ -177,7 +190,14 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             save_pruned(model, None, Path(folder) / "pruned")
         seconds["save"] = time.perf_counter() - start
-    del module, trainer, model
+    return _finish(module, trainer, model, device, memory, plan, seconds, calibrated.tokens)
+
+
+def _finish(*held: object) -> dict:
+    """Free the run's model (the next criterion's run needs the GPU memory) and gather every rank's peak."""
+    module, trainer, model, device, memory, plan, seconds, tokens = held
+    module.model = None
+    del module, trainer, model, held
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -185,7 +205,7 @@ def run(args: argparse.Namespace, criterion: str, world: int) -> dict:
     if dist.is_initialized():
         peaks = [None] * dist.get_world_size()
         dist.all_gather_object(peaks, memory)
-    return {"seconds": seconds, "peaks": peaks, "plan": plan, "tokens": calibrated.tokens}
+    return {"seconds": seconds, "peaks": peaks, "plan": plan, "tokens": tokens}
 
 
 def main() -> None:
@@ -203,6 +223,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument(
+        "--prefetch", type=int, default=1, help="FSDP2: layers gathered ahead (0: FSDP2's own)"
+    )
+    parser.add_argument("--resident-layers", type=int, default=1, help="FSDP2: last layers kept gathered")
+    parser.add_argument("--calibration-only", action="store_true", help="stop after ranking (no apply/save)")
     parser.add_argument("--plan-out", type=Path, default=None, help="JSON of each criterion's plan")
     parser.add_argument("--compare", type=Path, nargs="+", help="only compare these --plan-out files")
     args = parser.parse_args()
@@ -221,8 +246,11 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"\n{args.shape} ({layers} layers, random {args.dtype}), ", end="")
     print(f"{args.strategy} on {world} x {where}, ", end="")
-    print(f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, {args.ratio:.0%} global")
-    stages = ["calibration", "ranking", "unshard / to CPU", "apply", "save"]
+    print(f"{args.nsamples} x {args.seqlen} tokens, batch {args.batch_size}, {args.ratio:.0%} global", end="")
+    if args.strategy == "fsdp2":
+        print(f", prefetch {args.prefetch}, resident layers {args.resident_layers}", end="")
+    print()
+    stages = ["calibration", "calibration loop", "ranking", "unshard / to CPU", "apply", "save"]
     print("| criterion | " + " | ".join(f"{s} s" for s in stages) + " | peak MiB per rank | plan |")
     print("| --- " * (len(stages) + 3) + "|")
     for criterion, out in rows:

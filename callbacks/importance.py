@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import lightning as L
@@ -52,6 +53,11 @@ class ImportanceCallback(L.Callback):
         self.gradient_statistics, self.input_means = gradient_statistics, input_means
         self.accumulator: ImportanceAccumulator | None = None
         self.result: Calibrated | None = None
+        self.seconds: float | None = None
+        """The calibration loop's time, hooks to reduced result; it starts once every rank is there (a
+        launcher that starts the other ranks at the first trainer call makes rank 0 wait for their start-up,
+        which is not calibration)."""
+        self._start = 0.0
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = getattr(trainer, "datamodule", None)
@@ -75,6 +81,8 @@ class ImportanceCallback(L.Callback):
         )
         self.accumulator.attach()
         self.result = None
+        trainer.strategy.barrier("calibration")
+        self._start = time.perf_counter()
 
     def on_test_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, *_: Any
@@ -100,6 +108,7 @@ class ImportanceCallback(L.Callback):
         strategy = trainer.strategy
         self.accumulator.reduce(sum_across_ranks(trainer), lambda t: _max(strategy, t))
         self.result = self.accumulator.result()
+        self.seconds = time.perf_counter() - self._start
         self.accumulator = None  # it holds the model: the stages that follow may replace it (FSDP2)
 
     def on_exception(

@@ -115,7 +115,9 @@ def prune_structures(
         **datamodule.describe(),
         "criterion": importance.criterion,
         "aggregation": importance.aggregation,
-        "seconds": time.perf_counter() - start,
+        # the loop's own time where the callback took it: under DDP the stage's clock also runs while
+        # Lightning's launcher starts the other ranks (their imports, model load and windows)
+        "seconds": time.perf_counter() - start if sequential else callback.seconds,
         "tokens": calibrated.tokens,
         "mean_loss": calibrated.mean_loss,
         **peak_memory(device),

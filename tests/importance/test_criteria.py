@@ -194,6 +194,28 @@ def test_gradients_are_freed_as_they_arrive(tiny_llama):
     assert any(p.grad is not None for p in model.parameters())
 
 
+def test_calibration_seconds_are_the_loop_not_the_start_up(tiny_llama):
+    """Under DDP, Lightning starts the other ranks at the first trainer call, before the loop: the reported
+    calibration time must not hold that wait (a 2 s sleep stands for it here), only the loop's batches."""
+    import time
+
+    module = CalibrationModule(path=str(tiny_llama), dtype="float32")
+    data = CalibrationDataModule([WIKI_VALID], nsamples=4, seqlen=32, batch_size=1)
+
+    class StartUp(L.Callback):
+        def setup(self, trainer, pl_module, stage):
+            time.sleep(2.0)
+
+        def on_test_batch_end(self, trainer, pl_module, *args):
+            time.sleep(0.1)
+
+    callback = ImportanceCallback("taylor")
+    start = time.perf_counter()
+    loops.calibrate(_trainer(callbacks=[StartUp()]), module, data, callback)
+    elapsed = time.perf_counter() - start
+    assert callback.seconds is not None and 0.4 <= callback.seconds <= elapsed - 2.0
+
+
 def test_gradient_criterion_in_inference_mode_is_a_clear_error(tiny_llama):
     module = CalibrationModule(path=str(tiny_llama), dtype="float32")
     data = CalibrationDataModule([WIKI_VALID], nsamples=2, seqlen=32)
