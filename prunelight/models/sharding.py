@@ -89,7 +89,8 @@ def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
     the communication runs under compute (docs/performance.md, two GPUs).
 
     Called from ``configure_model`` on every stage; a model that is sharded already is left alone, and any
-    strategy other than FSDP2 leaves the model as it is.
+    strategy other than FSDP2, or FSDP2 over a single process (whose one shard would be the whole model),
+    leaves the model as it is.
     """
     if not is_fully_sharded(strategy) or is_sharded(model):
         return
@@ -103,6 +104,8 @@ def shard(model: nn.Module, adapter: FamilyAdapter, strategy: object) -> None:
     from torch.distributed.fsdp import fully_shard
 
     data_parallel = mesh["data_parallel"]
+    if data_parallel.size() == 1:  # one shard is the whole model: FSDP2 would only add its copies (+6-10%)
+        return
     layers = list(adapter.decoder_layers(model))
     resident = len(layers) - getattr(strategy, "resident_layers", 0)
     for index, layer in enumerate(layers):

@@ -106,3 +106,16 @@ def test_batch_shards_cover_every_batch_once(even):
     lengths = {len(shard) for shard in shards}
     assert lengths == ({3} if even else {3, 2})
     assert sum(shard.count(PADDING) for shard in shards) == (2 if even else 0)
+
+
+def test_fsdp2_over_one_process_leaves_the_model_whole(tiny_llama):
+    """One shard would be the whole model: sharding it would only add FSDP2's copies to every pass (6-10%
+    slower on one H200), so the strategy keeps it plain, and the scores are those of no strategy at all."""
+    from prunelight.models.sharding import FullyShardedStrategy
+
+    fsdp = calibrate(str(tiny_llama), "taylor", 1, FullyShardedStrategy())
+    plain = calibrate(str(tiny_llama), "taylor", 1, "auto")
+    assert not fsdp["sharded"] and fsdp["world"] == 1
+    for kind in ("attention", "mlp", "block"):
+        for a, b in zip(fsdp[kind], plain[kind], strict=True):
+            assert torch.equal(a, b)
