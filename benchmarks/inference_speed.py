@@ -9,7 +9,10 @@ speed does not depend on which groups go; a structured plan through :func:`prune
 timed (``global-0.2@64`` keeps each layer's MLP width a multiple of 64: ``ranking.mlp_multiple``):
 prefill tokens/s (one forward over ``--prompt`` tokens) and decode tokens/s (``generate`` of
 ``--new`` tokens with the KV cache, prefill time subtracted) at each batch size. Prints one table with the
-speedups against dense next to the parameter reduction they could reach at best.
+speedups against dense next to the parameter reduction they could reach at best. ``--graph`` adds the
+decode tokens/s of :class:`prunelight.evaluate.decode.GraphDecoder` (a static KV cache and one CUDA graph
+replay per token; generate(new) minus generate(1), so prefill is out) and whether its tokens equal the
+same decoder's eager steps.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet
+from prunelight.evaluate.decode import GraphDecoder
 from prunelight.loops import calibrate
 from prunelight.models import adapter_for
 from prunelight.models.projections import PROJECTIONS
@@ -111,6 +115,28 @@ def timed(model, batch: int, prompt: int, new: int, rounds: int, static: bool = 
     return batch * prompt / best_prefill, batch * new / decode
 
 
+@torch.no_grad()
+def graph_decode(model, batch: int, prompt: int, new: int, rounds: int) -> tuple[float, bool]:
+    """Best-of-``rounds`` decode tokens/s through the CUDA-graph decoder, and whether its tokens equal
+    the eager steps' (the same static cache and kernels, launched one by one)."""
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), device=device)
+    decoder = GraphDecoder(model, max_length=prompt + new)
+    tokens = decoder.generate(ids, new)  # builds the cache and captures the step: untimed
+    best = float("inf")
+    for _ in range(rounds):
+        seconds = []
+        for count in (1, new):  # prefill alone, then prefill and the decode steps
+            _sync()
+            start = time.perf_counter()
+            decoder.generate(ids, count)
+            _sync()
+            seconds.append(time.perf_counter() - start)
+        best = min(best, max(seconds[1] - seconds[0], 1e-9))
+    eager = GraphDecoder(model, max_length=prompt + new, graph=False).generate(ids, new)
+    return batch * (new - 1) / best, bool(torch.equal(tokens, eager))
+
+
 def main() -> None:
     parser = model_arguments(__doc__, nsamples=1, batch_size=1)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -121,6 +147,7 @@ def main() -> None:
     parser.add_argument(
         "--static-cache", action="store_true", help="decode with a static KV cache (compiled, CUDA graphs)"
     )
+    parser.add_argument("--graph", action="store_true", help="also decode with GraphDecoder (CUDA graph)")
     args = parser.parse_args()
 
     dense, _ = build(args)
@@ -134,6 +161,9 @@ def main() -> None:
         model = dense if name == "dense" else variant(dense, table, name)
         params = sum(p.numel() for p in model.parameters())
         speeds = {b: timed(model, b, args.prompt, args.new, args.rounds, args.static_cache) for b in batches}
+        if args.graph:
+            for b in batches:
+                speeds[b] = (*speeds[b], *graph_decode(model, b, args.prompt, args.new, args.rounds))
         if name == "dense":
             reference = speeds
         rows.append((name, params, speeds))
@@ -149,14 +179,19 @@ def main() -> None:
     )
     cache = "static KV cache (compiled decode)" if args.static_cache else "dynamic KV cache (eager)"
     print(f"best of {args.rounds}, {cache}; speedup = variant tokens/s / dense tokens/s in this run")
-    head = " | ".join(f"prefill b{b} tok/s (x) | decode b{b} tok/s (x)" for b in batches)
+    graph = " | graph decode b{b} tok/s (x) | = eager" if args.graph else ""
+    head = " | ".join(f"prefill b{b} tok/s (x) | decode b{b} tok/s (x)" + graph.format(b=b) for b in batches)
     print(f"| variant | parameters | dense / params | {head} |")
-    print("| --- | ---: | ---: |" + " ---: | ---: |" * len(batches))
+    print(
+        "| --- | ---: | ---: |" + (" ---: | ---: |" + (" ---: | --- |" if args.graph else "")) * len(batches)
+    )
     for name, params, speeds in rows:
         cells = []
         for b in batches:
-            (prefill, decode), (p0, d0) = speeds[b], reference[b]
+            (prefill, decode, *rest), (p0, d0, *rest0) = speeds[b], reference[b]
             cells.append(f"{prefill:,.0f} ({prefill / p0:.2f}x) | {decode:,.0f} ({decode / d0:.2f}x)")
+            if rest:
+                cells.append(f"{rest[0]:,.0f} ({rest[0] / rest0[0]:.2f}x) | {rest[1]}")
         print(f"| {name} | {params / 1e9:.2f}B | {dense_params / params:.2f}x | {' | '.join(cells)} |")
 
 
