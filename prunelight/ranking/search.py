@@ -34,7 +34,9 @@ Genome = dict[str, tuple[int, ...]]
 
 Fitness = Callable[[Genome, int, int], float]
 """``fitness(genome, stage, generation)``: lower is better (e.g. KL to the dense model on the stage's
-tokens)."""
+tokens). A fitness object may also have ``many(genomes, stage, generation) -> list[float]``, the same
+numbers for several genomes at once; the search then asks for each stage's pool in one call (the KL
+fitness runs the dense model once per batch for all of them)."""
 
 
 @dataclass(frozen=True)
@@ -217,25 +219,30 @@ def search(
     last = settings.stages - 1
     count = 0
 
-    def score(genome: Genome, stage: int, generation: int) -> float:
-        nonlocal count
-        count += 1
-        return float(fitness(genome, stage, generation))
+    many = getattr(fitness, "many", None)
 
-    seed_fitness = {name: score(genome, last, 0) for name, genome in seeds.items()}
+    def scores(genomes: list[Genome], stage: int, generation: int) -> list[float]:
+        nonlocal count
+        count += len(genomes)
+        if many is not None:
+            return [float(v) for v in many(genomes, stage, generation)]
+        return [float(fitness(g, stage, generation)) for g in genomes]
+
+    seed_fitness = dict(zip(seeds, scores(list(seeds.values()), last, 0), strict=True))
     start = min(seed_fitness, key=lambda name: (seed_fitness[name], name))
     parent, parent_fitness = dict(seeds[start]), seed_fitness[start]
     history: list[dict] = []
     for generation in range(1, settings.generations + 1):
         pool = _offspring(parent, ladders, targets, settings, rng)
         for stage, keep in enumerate(settings.survivors):
-            ranked = sorted(pool, key=lambda g, s=stage: (score(g, s, generation), _key(g)))
-            pool = ranked[:keep]
+            values = scores(pool, stage, generation)
+            order = sorted(range(len(pool)), key=lambda i: (values[i], _key(pool[i])))
+            pool = [pool[i] for i in order[:keep]]
         changed = False
         if pool:
             # the parent is scored again on this generation's tokens, so the comparison is on equal terms
-            final = {_key(g): score(g, last, generation) for g in pool}
-            parent_now = score(parent, last, generation)
+            *values, parent_now = scores([*pool, parent], last, generation)
+            final = {_key(g): v for g, v in zip(pool, values, strict=True)}
             best_key = min(final, key=lambda k: (final[k], k))
             if final[best_key] < parent_now:
                 parent, parent_fitness, changed = (

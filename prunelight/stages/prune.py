@@ -20,6 +20,7 @@ from prunelight.apply import LayerInputMeans, apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
 from prunelight.calibration.obs_scores import obs_scores_sequentially
 from prunelight.calibration.reconstruct import (
+    Reconstruction,
     reconstruct_sequentially,
     reconstruction_named,
     reconstruction_summary,
@@ -52,7 +53,7 @@ from prunelight.stages.evaluation import (
     evaluate_module,
     part_of,
 )
-from prunelight.stages.settings import PruneSettings
+from prunelight.stages.settings import PruneSettings, ReconstructionSettings
 from prunelight.stages.sparse import prune_sparse
 
 
@@ -147,6 +148,9 @@ def prune_structures(
             reduce=(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
             if trainer.world_size > 1
             else None,
+            reconstruction=_method(settings.reconstruction),
+            damping=settings.reconstruction.damping,
+            compensation=compensation,
         )
         seconds["search"] = search_report["seconds"]
     repair, repair_memory = None, {}
@@ -284,15 +288,15 @@ def _reconstruct(
     """Remove ``plan`` from ``model`` layer by layer with the repair (the refit of
     ``reconstruction.method``, the layer map of ``reconstruction.layers``, or both); ``offloaded``: the model
     is a copy in host memory whose layers run on the trainer's device one at a time."""
-    method = settings.reconstruction.method
-    if method != "none" and trainer.is_global_zero:
+    method = _method(settings.reconstruction)
+    if method is not None and trainer.is_global_zero:
         warn_if_few_tokens(datamodule.nsamples * datamodule.seqlen, model, module.adapter)
     return reconstruct_sequentially(
         model,
         module.adapter,
         captured,
         plan,
-        reconstruction_named(method) if method != "none" else None,
+        method,
         settings.reconstruction.damping,
         settings.compensation,
         reduce_sum=sum_across_ranks(trainer),
@@ -338,3 +342,8 @@ def _unsharded(module: CalibrationModule, keep: bool, seconds: dict[str, float])
         torch.cuda.empty_cache()
     seconds["unshard"] = time.perf_counter() - start
     return module.model
+
+
+def _method(reconstruction: ReconstructionSettings) -> Reconstruction | None:
+    """The run's registered repair (``reconstruction.method``), or None for ``none``."""
+    return None if reconstruction.method == "none" else reconstruction_named(reconstruction.method)

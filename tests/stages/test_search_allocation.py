@@ -41,12 +41,28 @@ def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_pa
     ).stat().st_size > 10_000
 
 
-def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path):
+def test_the_search_scores_repaired_candidates_when_the_run_repairs(tiny_llama, tmp_path):
+    """With reconstruction.method lsq every candidate is scored with its cut layers refitted: the report
+    says so, and the KLs are not those of the unrepaired search."""
+    lsq = ["--reconstruction.method", "lsq"]
+    main(tiny_prune_args(tiny_llama, tmp_path / "lsq", *SEARCH, *lsq))
+    main(tiny_prune_args(tiny_llama, tmp_path / "plain", *SEARCH))
+    repaired, plain = (
+        json.loads((tmp_path / root / tiny_llama.name / "run" / "analysis" / "search.json").read_text())
+        for root in ("lsq", "plain")
+    )
+    assert repaired["repaired"] == {"method": "lsq", "damping": 0.01} and plain["repaired"] is None
+    assert repaired["seed_fitness"] != plain["seed_fitness"]
+
+
+@pytest.mark.parametrize("repair", [[], ["--reconstruction.method", "lsq"]])
+def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path, repair):
     """Each rank scores its share of every stage's windows and the sums are all-reduced: the same decisions,
-    so the same plan, as one process that scores them all."""
+    so the same plan, as one process that scores them all (with the repaired levels, whose input sums are
+    all-reduced too)."""
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
-    launch_ddp(WORKER, *tiny_prune_args(tiny_llama, tmp_path / "two", *SEARCH, *ddp))
-    main(tiny_prune_args(tiny_llama, tmp_path / "one", *SEARCH))
+    launch_ddp(WORKER, *tiny_prune_args(tiny_llama, tmp_path / "two", *SEARCH, *repair, *ddp))
+    main(tiny_prune_args(tiny_llama, tmp_path / "one", *SEARCH, *repair))
     one, two = (tmp_path / root / tiny_llama.name / "run" / "analysis" for root in ("one", "two"))
     assert (
         json.loads((two / "plan.json").read_text())["plan"]
