@@ -15,9 +15,13 @@ from prunelight.reports.recovery import results_table, zero_shot_note
 
 
 def summary_markdown(
-    report: dict[str, Any], layers: dict[str, Any], diagnosis: dict[str, Any] | None = None
+    report: dict[str, Any],
+    layers: dict[str, Any],
+    diagnosis: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> str:
-    """Dense vs pruned parameters and perplexity, the diagnosis, the settings, the most and least pruned."""
+    """Dense vs pruned parameters and perplexity, the diagnosis, the settings, the allocation search (from
+    ``analysis/search.json`` when the run searched), the most and least pruned layers."""
     params, ppl = report["parameters"], report["perplexity"]
     lines = [
         f"# Pruning {report['model']}",
@@ -50,6 +54,7 @@ def summary_markdown(
         f"{report['calibration']['corpora']} ({report['calibration']['split']}), "
         f"{report['calibration']['seconds']:.1f} s",
         "",
+        *search_lines(search),
     ]
     ordered = sorted(layers["layers"], key=layer_rate)
     for title, chosen in (("most", ordered[::-1][:10]), ("least", ordered[:10])):
@@ -75,6 +80,47 @@ def summary_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def search_lines(search: dict[str, Any] | None) -> list[str]:
+    """The allocation search: each final candidate's held-out KL, and layer by layer where the T/tau plan
+    and the search disagree (removed share of each kind's groups, in percent)."""
+    if not search:
+        return []
+    held_out, chosen = search["held_out_kl"], search["chosen"]
+    repaired = search.get("repaired")
+    lines = [
+        "## Allocation search",
+        "",
+        f"{len(search['history'])} generations, {search['evaluations']} evaluations, "
+        f"{search['seconds']:.1f} s; candidates scored "
+        + (f"after the {repaired['method']} repair" if repaired else "without a repair")
+        + f"; KL to the dense model on {search['windows']['held_out']} held-out windows "
+        f"(`analysis/search.json`, `visualization/allocation_search.png`):",
+        "",
+        "| candidate | held-out KL |",
+        "| --- | ---: |",
+        *(f"| {name}{' (chosen)' if name == chosen else ''} | {kl:.4g} |" for name, kl in held_out.items()),
+        "",
+    ]
+    heuristic, found = search["rates"].get("T/tau plan"), search["rates"].get("search")
+    if not heuristic or not found:
+        return lines
+    kinds = list(found)
+    lines += [
+        "Removed per layer, T/tau plan -> search (percent of the layer's groups of each kind; `*` where they "
+        "differ):",
+        "",
+        "| layer | " + " | ".join(f"{kind} T/tau | {kind} search" for kind in kinds) + " |",
+        "| ---: |" + " ---: | ---: |" * len(kinds),
+    ]
+    for layer in range(len(found[kinds[0]])):
+        cells = []
+        for kind in kinds:
+            a, b = heuristic[kind][layer], found[kind][layer]
+            cells.append(f"{a:.0%} | {b:.0%}{' *' if abs(a - b) > 1e-9 else ''}")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _kind(entry: dict[str, Any] | None) -> str:

@@ -59,7 +59,7 @@ def write_diagnostics(run_dir: Path) -> list[Path]:
     if search is not None:
         written.append(plots.allocation_search(search, figures / "allocation_search.png"))
     summary = run_dir / "summary.md"
-    summary.write_text(recovery_section(run_dir) + summary_markdown(report, layers, diagnosis))
+    summary.write_text(recovery_section(run_dir) + summary_markdown(report, layers, diagnosis, search))
     return [*written, summary]
 
 

@@ -36,6 +36,18 @@ def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_pa
     assert all(abs(c / 64 - r) < 1e-9 for c, r in zip(removed, rates, strict=True))  # 64 MLP channels
     assert any(c > 0 for c in removed)
     assert prune["seconds"]["search"] > 0
+    summary = (tmp_path / tiny_llama.name / "run" / "summary.md").read_text()
+    assert "## Allocation search" in summary and f"| {report['chosen']} (chosen) |" in summary
+    table = summary.split("| layer | attention T/tau | attention search | mlp T/tau | mlp search |")[1]
+    rows = table.split("\n\n")[0].splitlines()[2:]  # after the header's rule, up to the blank line
+    assert len(rows) == len(removed)  # one per layer: attention and MLP, T/tau and search
+    differ = [
+        layer
+        for layer in range(len(removed))
+        for kind in ("attention", "mlp")
+        if report["rates"]["T/tau plan"][kind][layer] != report["rates"]["search"][kind][layer]
+    ]
+    assert sum(row.count(" *") for row in rows) == len(differ)
     assert (
         tmp_path / tiny_llama.name / "run" / "visualization" / "allocation_search.png"
     ).stat().st_size > 10_000
