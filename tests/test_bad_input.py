@@ -84,6 +84,10 @@ def _sparse(i: Inputs, section: str, *extra: str) -> list[str]:
     return _prune(i, "--importance.criterion", "wanda", "--sparsity", section, *extra)
 
 
+FSDP2_PREFETCH_NEGATIVE = (
+    "{class_path: prunelight.models.sharding.FullyShardedStrategy, init_args: {prefetch: -1}}"
+)
+
 CASES = [
     # model files
     Case("no-weights", "a model folder with a config but no weights",
@@ -190,6 +194,9 @@ CASES = [
     Case("sparsity-unreachable", "a sparsity the per-layer limits cannot reach",
          lambda i: _sparse(i, "{pattern: unstructured, sparsity: 0.5}", "--ranking.max_rate", "0.2"),
          "sparsity 0.5 cannot be reached"),
+    Case("fsdp2-prefetch", "an FSDP2 strategy asked to prefetch a negative number of layers",
+         lambda i: _prune(i, "--trainer.strategy", FSDP2_PREFETCH_NEGATIVE),
+         "FullyShardedStrategy prefetch must be a whole number >= 0, got -1"),
     Case("search-generations", "an allocation search with zero generations",
          lambda i: _prune(i, "--ranking.allocation", "search", "--search.generations", "0"),
          "search.generations must be at least 1, got 0"),
