@@ -78,13 +78,11 @@ def masked(model: nn.Module, plan: PruningPlan, repairs: LevelRepairs | None = N
                 if not units:
                     continue
                 linear = getattr(m, name)
-                keep = kept_columns(sizes[index], dim, name, units, linear.weight.device)
                 if repairs is not None:
-                    weight, bias = repairs.refit(index, name, keep)
-                    handles.append(linear.register_forward_hook(refitted(keep, weight, bias)))
+                    handles.append(linear.register_forward_hook(refitted(*repairs.refit(index, name, units))))
                     continue
-                columns = torch.zeros(linear.in_features)
-                columns[keep.cpu()] = 1
+                columns = torch.zeros(linear.in_features, device=linear.weight.device)
+                columns[kept_columns(sizes[index], dim, name, units, columns.device)] = 1
                 handles.append(linear.register_forward_pre_hook(zero(columns)))
         yield model
     finally:
@@ -143,18 +141,22 @@ class LevelRepairs:
         if reduce is not None:
             for sums in self.sums.values():
                 sums.reduce(reduce)
-        self._refits: dict[tuple[int, str, tuple[int, ...]], tuple[Tensor, Tensor | None]] = {}
+        self.sizes, self.head_dim = read_layer_sizes(model), head_dim(model)
+        self._refits: dict[tuple[int, str, tuple[int, ...]], tuple[Tensor, Tensor, Tensor | None]] = {}
 
-    def refit(self, layer: int, name: str, keep: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The kept columns' weight ``[d_out, |keep|]`` and the bias for ``layer``'s ``name`` projection."""
-        key = (layer, name, tuple(keep.tolist()))
+    def refit(self, layer: int, name: str, removed: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """For ``layer``'s ``name`` projection without the ``removed`` groups: the kept input columns, their
+        refitted weight ``[d_out, kept]`` and the bias. Keyed by the removed groups, so a lookup needs no
+        device sync."""
+        key = (layer, name, tuple(removed))
         if key not in self._refits:
             linear = getattr(self.modules[layer], name)
+            keep = kept_columns(self.sizes[layer], self.head_dim, name, list(removed), linear.weight.device)
             intercept = self.compensation or linear.bias is not None
             weight, bias, _ = self.method.refit(
                 linear.weight, self.sums[layer, name], keep, linear.bias, intercept, self.damping
             )
-            self._refits[key] = (weight, bias)
+            self._refits[key] = (keep, weight, bias)
         return self._refits[key]
 
 
