@@ -118,7 +118,7 @@ def search_lines(search: dict[str, Any] | None) -> list[str]:
         cells = []
         for kind in kinds:
             a, b = heuristic[kind][layer], found[kind][layer]
-            cells.append(f"{a:.0%} | {b:.0%}{' *' if abs(a - b) > 1e-9 else ''}")
+            cells.append(f"{a:.1%} | {b:.1%}{' *' if abs(a - b) > 1e-9 else ''}")
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
