@@ -34,6 +34,7 @@ from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingRe
 from prunelight.ranking.rank import layer_constraints
 from prunelight.ranking.search import (
     Genome,
+    Ladder,
     SearchSettings,
     genome_plan,
     group_order,
@@ -260,6 +261,17 @@ class KLFitness:
         return self.many([genome], stage, generation)[0]
 
 
+def search_space(
+    table: GroupTable, seed: RankingResult, config: RankingConfig, levels: int
+) -> tuple[dict[str, Ladder], dict[str, int]]:
+    """Per kind, the ladder of ``levels`` within the ranking's per-layer limits (the seed's removed layers
+    stay removed), and the parameters the kind must lose (its share of the target, from the seed)."""
+    constraints = layer_constraints(config, table.num_layers, frozenset(seed.plan.removed_layers))
+    ladders = {kind: ladder_for(table, kind, levels, constraints) for kind in config.kinds}
+    targets = {kind: math.ceil(seed.stages[kind]["target_params"]) for kind in config.kinds}
+    return ladders, targets
+
+
 def search_allocation(
     model: nn.Module,
     table: GroupTable,
@@ -292,11 +304,9 @@ def search_allocation(
     model.eval()
     pool, holdout = windows[: -settings.holdout_windows], windows[-settings.holdout_windows :]
     removed_layers = frozenset(seed.plan.removed_layers)
-    constraints = layer_constraints(config, table.num_layers, removed_layers)
     kinds = list(config.kinds)
-    ladders = {kind: ladder_for(table, kind, settings.levels, constraints) for kind in kinds}
+    ladders, targets = search_space(table, seed, config, settings.levels)
     orders = {kind: group_order(table, kind) for kind in kinds}
-    targets = {kind: math.ceil(seed.stages[kind]["target_params"]) for kind in kinds}
 
     def plan_of(genome: Genome) -> PruningPlan:
         return genome_plan(genome, ladders, orders, table.num_layers, removed_layers)

@@ -50,7 +50,7 @@ class GradientStatistics:
         self.maximum = {
             d: torch.full((rows,), -math.inf, dtype=torch.float64, device=d) for d in set(devices)
         }
-        self._pending: dict[torch.device, list[tuple[int, int, float, torch.Tensor]]] = {}
+        self._pending: dict[torch.device, list[tuple[int, int, torch.Tensor]]] = {}
 
     def observe(self, layer: int, kind: str, grad: torch.Tensor, moments: torch.Tensor | None = None) -> None:
         """Note one weight's gradient, folded in at the next :meth:`flush`.
@@ -65,7 +65,7 @@ class GradientStatistics:
             moments = gradient_moments(grad)
         row = layer * len(KINDS) + KINDS.index(kind)
         pending = self._pending.setdefault(grad.device, [])
-        pending.append((row, grad.numel(), 1.0, moments))  # passes are counted in gradients
+        pending.append((row, grad.numel(), moments))
 
     def flush(self) -> None:
         """Fold the noted gradients into the accumulators (once per batch: a few kernels, not a few per
@@ -73,16 +73,16 @@ class GradientStatistics:
         for device, pending in self._pending.items():
             if not pending:
                 continue
-            parts = torch.cat([p[3].reshape(-1, 4) for p in pending]).double()
-            counts = torch.tensor([p[3].numel() // 4 for p in pending])
-            meta = torch.tensor([(p[0], p[1], p[2]) for p in pending], dtype=torch.float64)
+            parts = torch.cat([p[2].reshape(-1, 4) for p in pending]).double()
+            counts = torch.tensor([p[2].numel() // 4 for p in pending])
+            meta = torch.tensor([(p[0], p[1]) for p in pending], dtype=torch.float64)
             part_rows = torch.repeat_interleave(meta[:, 0].long(), counts).to(device)
             meta = meta.to(device)
-            rows, n, passes = meta[:, 0].long(), meta[:, 1], meta[:, 2]
+            rows, n = meta[:, 0].long(), meta[:, 1]
             # columns: elements, sum, sum of squares, weight gradients seen (whole numbers: exact in any
             # order, where 1/3 of a pass per gradient added up differently on N ranks)
             moments = self.moments[device]
-            moments[:, ::3].index_add_(0, rows, torch.stack([n, passes], dim=1))
+            moments[:, ::3].index_add_(0, rows, torch.stack([n, torch.ones_like(n)], dim=1))
             batch = torch.zeros_like(moments[:, 1:3]).index_add_(0, part_rows, parts[:, :2])
             moments[:, 1:3] += summable(batch)  # the batch's sums, exactly addable across batches and ranks
             self.minimum[device].scatter_reduce_(0, part_rows, parts[:, 2], "amin")

@@ -116,15 +116,11 @@ def check_reachable(module: Any, ranking: RankingConfig, search: SearchSettings 
 
 def check_ladders(table: Any, result: Any, ranking: RankingConfig, search: SearchSettings) -> None:
     """Each kind's ladder of ``search.levels`` must hold its share of the target."""
-    import math
+    from prunelight.calibration.search_fitness import search_space
 
-    from prunelight.ranking.rank import layer_constraints
-    from prunelight.ranking.search import ladder_for
-
-    constraints = layer_constraints(ranking, table.num_layers, frozenset(result.plan.removed_layers))
-    for kind in ranking.kinds:
-        ladder = ladder_for(table, kind, search.levels, constraints)
-        target = math.ceil(result.stages[kind]["target_params"])
+    ladders, targets = search_space(table, result, ranking, search.levels)
+    for kind, ladder in ladders.items():
+        target = targets[kind]
         if ladder.most() < target:
             top = (search.levels - 1) / search.levels
             raise ConfigError(
