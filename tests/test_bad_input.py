@@ -48,6 +48,8 @@ def write_inputs(folder: Path, tokenizer) -> Inputs:
     shutil.copytree(tiny, folder / "other_shapes")
     config = json.loads((tiny / "config.json").read_text())
     (folder / "other_shapes" / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
+    shutil.copytree(tiny, folder / "other_vocab")
+    (folder / "other_vocab" / "config.json").write_text(json.dumps({**config, "vocab_size": 520}))
     shutil.copytree(tiny, folder / "bad_config")
     (folder / "bad_config" / "config.json").write_text('{"model_type": "llama", ')
     (folder / "not.gguf").write_bytes(b"this is no GGUF file\n")
@@ -82,6 +84,11 @@ def _prune(i: Inputs, *extra: str) -> list[str]:
 
 def _sparse(i: Inputs, section: str, *extra: str) -> list[str]:
     return _prune(i, "--importance.criterion", "wanda", "--sparsity", section, *extra)
+
+
+def _kd(i: Inputs, *extra: str) -> list[str]:
+    return ["finetune", "--model.path", i.tiny, "--finetune_data.block_size", "64",
+            "--evaluation.seqlen", "64", *extra]  # fmt: skip
 
 
 FSDP2_PREFETCH_NEGATIVE = (
@@ -170,6 +177,16 @@ CASES = [
     Case("finetune-model-lora", "--model.lora.rank on finetune (fit's place of the LoRA settings)",
          lambda i: ["finetune", "--model.path", i.tiny, "--model.lora.rank", "4"],
          "finetune and pipeline take the LoRA settings as the top-level lora section (lora.rank)"),
+    Case("kd-no-teacher", "distillation from a model whose run names no dense model",
+         lambda i: _kd(i, "--recovery.objective", "kd"),
+         "has no analysis/prune.json beside it to name it; set recovery.distillation.teacher"),
+    Case("kd-teacher-vocab", "a distillation teacher with another vocabulary",
+         lambda i: _kd(i, "--recovery.objective", "kd", "--recovery.distillation.teacher", i.other_vocab),
+         "has a vocabulary of 520 tokens, the student 512"),
+    Case("kd-top-k", "a distillation top_k larger than the vocabulary",
+         lambda i: _kd(i, "--recovery.objective", "lm+kd", "--recovery.distillation.teacher", i.tiny,
+                        "--recovery.distillation.top_k", "1000"),
+         "recovery.distillation.top_k 1000 is larger than the vocabulary (512 tokens)"),
     Case("split-typo", "a misspelled --data.split",
          lambda i: _prune(i, "--data.split", "vaildation"), "data.split: unknown split 'vaildation'"),
     Case("evaluation-split-typo", "a misspelled --evaluation.split",

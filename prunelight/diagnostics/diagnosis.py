@@ -214,11 +214,11 @@ def _check_scale_spread(
                     ),
                     "nothing to do: the layer correction handled it"
                     if fixed
-                    # measured (docs/results.md, T and tau at full size): at 128 x 2048 calibration tokens
-                    # the uncorrected ranking often wins despite a 13x spread, and tau=1 never did
-                    else "compare this run's perplexity with a layer correction (ranking.tau: null, adaptive) "
-                    "before keeping it: a spread this wide can let the large layers dominate the ranking, "
-                    "but the correction costs quality too (tau=1 the most)",
+                    # measured (docs/results.md, T and tau at full size): with 128 x 2048 calibration
+                    # tokens the uncorrected ranking often won despite a 13x spread; tau=1 never did
+                    else "compare this run's perplexity with a layer correction (ranking.tau: null, "
+                    "adaptive) before keeping it: a spread this wide can let the large layers dominate "
+                    "the ranking, but the correction costs quality too (tau=1 the most)",
                     kind,
                 )
             )

@@ -1,8 +1,10 @@
-"""Recovery fine-tuning as a LightningModule: LoRA adapters on a (pruned) causal LM, next-token loss.
+"""Recovery fine-tuning as a LightningModule: LoRA adapters (or every weight) of a (pruned) causal LM,
+trained on the next-token loss, on distillation from the dense teacher, or on both.
 
-The base weights stay frozen; only the adapters train, so a checkpoint holds the adapters and the optimiser
-state, not a second copy of the model. Lightning does the rest: precision (``bf16-mixed``), gradient
-accumulation, checkpointing and resume (``ckpt_path``), DDP.
+With LoRA the base weights stay frozen; only the adapters train, so a checkpoint holds the adapters and the
+optimiser state, not a second copy of the model. A checkpoint never holds the teacher (it is frozen and is
+loaded again from its path). Lightning does the rest: precision (``bf16-mixed``), gradient accumulation,
+checkpointing and resume (``ckpt_path``), DDP (each rank holds its own teacher).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from prunelight.errors import ConfigError
 from prunelight.evaluate.perplexity import Perplexity
+from prunelight.finetune.distillation import DistillationSettings, Objective, kd_loss, lm_loss, predicted_rows
 from prunelight.finetune.lora import LoraSettings, add_lora
 from prunelight.models.module import CausalLMModule
 from prunelight.models.spec import DType
@@ -99,6 +102,10 @@ class FinetuneModule(CausalLMModule):
     def _init_training(self, lora: LoraSettings, training: TrainingSettings) -> None:
         self.val_perplexity = Perplexity()
         self.last_train_loss: float | None = None
+        self.objective: Objective = "lm"
+        self.train_mode: Literal["lora", "full"] = "lora"
+        self.distillation = DistillationSettings()
+        self.teacher: PreTrainedModel | None = None
         # Checkpoints hold only the adapters (on_save_checkpoint); the frozen base comes from ``path``.
         self.strict_loading = False
         self.use_settings(lora, training)
@@ -120,6 +127,31 @@ class FinetuneModule(CausalLMModule):
             self.training_settings = _settings(TrainingSettings, training)
         self.hparams["lora"], self.hparams["training"] = self.lora, self.training_settings
 
+    def use_recovery(
+        self,
+        objective: Objective = "lm",
+        train: Literal["lora", "full"] = "lora",
+        distillation: DistillationSettings | None = None,
+        teacher: PreTrainedModel | None = None,
+    ) -> None:
+        """Train ``lora`` adapters or ``full`` weights on ``objective``; set before ``fit``.
+
+        ``teacher`` (needed by ``kd`` and ``lm+kd``) is frozen here and kept in eval mode: it becomes a
+        submodule, so Lightning moves it to the student's device, and its weights are never trained nor
+        written to a checkpoint (only parameters that require a gradient are).
+        """
+        if isinstance(getattr(self, "model", None), PeftModel) or getattr(self, "_configured", False):
+            raise RuntimeError("the model is already set up for training; set the recovery before fit")
+        if objective != "lm" and teacher is None:
+            raise ConfigError(f"recovery.objective {objective} needs a teacher model")
+        self.objective, self.train_mode = objective, train
+        self.distillation = distillation or DistillationSettings()
+        self.teacher = None if objective == "lm" else teacher
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+        self.hparams["recovery"] = {"objective": objective, "train": train}
+
     @property
     def peft_model(self) -> PeftModel:
         if not isinstance(self.model, PeftModel):
@@ -134,15 +166,23 @@ class FinetuneModule(CausalLMModule):
         return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
 
     def configure_model(self) -> None:
-        if isinstance(self.model, PeftModel):
+        if isinstance(self.model, PeftModel) or getattr(self, "_configured", False):
             return
         base = self.load_base()
-        base.requires_grad_(False)
+        base.requires_grad_(self.train_mode == "full")
         if self.training_settings.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
-        self.model = add_lora(base, self.lora)
+        self.model = add_lora(base, self.lora) if self.train_mode == "lora" else base
         self.model.train()  # loading leaves the model in eval mode; LoRA dropout needs train mode
+        self._configured = True
+
+    def train(self, mode: bool = True) -> FinetuneModule:
+        """Lightning puts every submodule in train mode at fit start; the teacher stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(
@@ -153,11 +193,32 @@ class FinetuneModule(CausalLMModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
-        self.last_train_loss = float(loss.detach())
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["labels"])
+        size = len(batch["labels"])
+        if self.objective == "lm":
+            loss = self(batch).loss
+            self.last_train_loss = float(loss.detach())
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+            return loss
+        assert self.teacher is not None
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        logits = self.model(**inputs, use_cache=False).logits
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs, use_cache=False).logits
+        settings = self.distillation
+        labels = batch["labels"]
+        lm = lm_loss(logits, labels)
+        kd = kd_loss(
+            predicted_rows(logits, labels),
+            predicted_rows(teacher_logits, labels),
+            settings.temperature,
+            settings.top_k,
         )
+        loss = kd if self.objective == "kd" else (1 - settings.kd_weight) * lm + settings.kd_weight * kd
+        # the monitor compares the training loss with val/loss, an LM loss: give it the LM loss here too
+        self.last_train_loss = float(lm.detach())
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/lm_loss", lm.detach(), on_step=True, on_epoch=False, batch_size=size)
+        self.log("train/kd_loss", kd.detach(), on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -174,7 +235,7 @@ class FinetuneModule(CausalLMModule):
 
     def configure_optimizers(self) -> Any:
         settings = self.training_settings
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
         name = "cosine" if settings.scheduler == "cosine" else "constant_with_warmup"

@@ -22,11 +22,14 @@ from lightning.pytorch.callbacks import EarlyStopping
 from prunelight.callbacks.mask import MaskCallback
 from prunelight.callbacks.overfitting import OverfittingMonitor
 from prunelight.errors import ConfigError
+from prunelight.finetune.distillation import check_teacher, teacher_of
 from prunelight.finetune.module import FinetuneModule
 from prunelight.io import write_json
 from prunelight.loops import attached, kept_on_device
 from prunelight.measure import peak_memory, reset_peak_memory
+from prunelight.models.loader import load_config, load_tokenizer, load_weights, resolve
 from prunelight.models.sharding import refuse_sharding
+from prunelight.models.spec import ModelSpec
 from prunelight.reports.recovery import write_finetune_summary
 from prunelight.run_folder import rewritten
 from prunelight.save import save_pruned
@@ -51,10 +54,17 @@ def run_finetune(
     ``settings.training`` go to the module before anything runs (None keeps the module's own)."""
     if isinstance(module, FinetuneModule):
         module.use_settings(settings.lora, settings.training)
+    teacher = resolve_teacher(settings.recovery, module)  # config and tokenizer only: no weights yet
     check_stage(trainer, module, evaluation=settings.evaluation, finetune_data=datamodule)
     with rewritten(Path(trainer.default_root_dir)):
         report = finetune_model(
-            trainer, module, datamodule, settings.recovery, settings.evaluation, settings.ckpt_path
+            trainer,
+            module,
+            datamodule,
+            settings.recovery,
+            settings.evaluation,
+            settings.ckpt_path,
+            teacher=teacher,
         )
         if trainer.is_global_zero:
             write_finetune_summary(Path(trainer.default_root_dir), report)
@@ -70,11 +80,14 @@ def finetune_model(
     ckpt_path: str | None = None,
     before: dict[str, Any] | None = None,
     labels: tuple[str, str] = ("before", "after"),
+    teacher: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole stage; return what ``analysis/finetune.json`` holds.
 
     ``before`` is an evaluation already made of the same model (the pipeline's pruned model), so it is not
-    repeated; ``labels`` name the two evaluations in file names and tables.
+    repeated; ``labels`` name the two evaluations in file names and tables. ``teacher`` is the checked path
+    of :func:`resolve_teacher` (None for the ``lm`` objective); it is loaded here, once, and dropped after
+    the fit.
     """
     if not isinstance(module, FinetuneModule):
         raise ConfigError("finetune needs a FinetuneModule as model (the default of the finetune subcommand)")
@@ -90,6 +103,9 @@ def finetune_model(
     base = module.load_base()
     parameters = sum(p.numel() for p in base.parameters())
     masks = _mask_callback(base, recovery.keep_sparsity)
+    module.use_recovery(
+        recovery.objective, recovery.train, recovery.distillation, _load_teacher(teacher, base, recovery)
+    )
     if before is None and evaluation is not None and evaluation.dense:
         before = evaluate_model(trainer, base, module.tokenizer, module.run_name, evaluation, labels[0])
 
@@ -107,12 +123,18 @@ def finetune_model(
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     memory = peak_memory(device)
+    module.teacher = None  # its memory is free for the evaluation
 
-    peft_model = module.peft_model
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    if recovery.save_adapter and trainer.is_global_zero:
-        peft_model.save_pretrained(run_dir / "adapter")
-    merged = masks.merge_and_mask(peft_model) if masks else peft_model.merge_and_unload()
+    trained = module.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    if recovery.train == "lora":
+        peft_model = module.peft_model
+        if recovery.save_adapter and trainer.is_global_zero:
+            peft_model.save_pretrained(run_dir / "adapter")
+        merged = masks.merge_and_mask(peft_model) if masks else peft_model.merge_and_unload()
+    else:
+        merged = masks.merge_and_mask(trained) if masks else trained
+        merged.requires_grad_(False)
     merged.eval()
     module.model = merged
     after = (
@@ -125,9 +147,13 @@ def finetune_model(
         "labels": list(labels),
         "parameters": parameters,
         "trainable_parameters": trainable,
-        "lora": vars(module.lora),
+        "lora": vars(module.lora) if recovery.train == "lora" else None,
         "training": vars(module.training_settings),
-        "recovery": {**vars(recovery), "monitor": vars(recovery.monitor)},
+        "recovery": {
+            **vars(recovery),
+            "monitor": vars(recovery.monitor),
+            "distillation": {**vars(recovery.distillation), "teacher": teacher} if teacher else None,
+        },
         "data": datamodule.describe() if hasattr(datamodule, "describe") else type(datamodule).__name__,
         "trainer": {
             "global_step": trainer.global_step,
@@ -151,6 +177,44 @@ def finetune_model(
         write_json(analysis / "finetune.json", report)
     trainer.strategy.barrier()
     return report
+
+
+def resolve_teacher(
+    recovery: RecoverySettings, module: FinetuneModule | Any, default: str | None = None
+) -> str | None:
+    """The teacher of a distillation objective, checked against the student before any weight is read.
+
+    ``recovery.distillation.teacher`` if set, else ``default`` (the pipeline's own model), else the model the
+    pruned folder was pruned from (its run's ``analysis/prune.json``). None for the ``lm`` objective.
+    """
+    if recovery.objective == "lm":
+        return None
+    path = recovery.distillation.teacher or default or teacher_of(module.spec.path)
+    if path is None:
+        raise ConfigError(
+            f"recovery.objective {recovery.objective} needs the dense model as teacher, and "
+            f"{module.spec.path} has no analysis/prune.json beside it to name it; set "
+            "recovery.distillation.teacher"
+        )
+    spec = ModelSpec(path=path)
+    source = resolve(spec)
+    check_teacher(
+        load_config(spec, source), load_tokenizer(spec, source), module.config, module.tokenizer,
+        recovery.distillation.top_k, path,
+    )  # fmt: skip
+    return path
+
+
+def _load_teacher(
+    path: str | None, student: torch.nn.Module, recovery: RecoverySettings
+) -> torch.nn.Module | None:
+    """The teacher's weights in ``teacher_dtype`` (``auto``: the student's dtype), or None."""
+    if path is None:
+        return None
+    dtype = recovery.distillation.teacher_dtype
+    if dtype == "auto":
+        dtype = str(next(student.parameters()).dtype).removeprefix("torch.")
+    return load_weights(ModelSpec(path=path, dtype=dtype))
 
 
 def _mask_callback(model: torch.nn.Module, keep: bool | None) -> MaskCallback | None:

@@ -26,7 +26,7 @@ from prunelight.reports.recovery import RECOVERY_FILE
 from prunelight.run_folder import rewritten
 from prunelight.stages.check import check_stage
 from prunelight.stages.evaluation import check_modules
-from prunelight.stages.finetune import finetune_model
+from prunelight.stages.finetune import finetune_model, resolve_teacher
 from prunelight.stages.prune import prune_model
 from prunelight.stages.settings import PipelineSettings
 
@@ -63,6 +63,7 @@ def _pipeline(trainer: L.Trainer, module: Any, datamodule: Any, settings: Pipeli
         )
     target_modules(_config_only_model(module), lora.targets)  # a bad LoRA target fails before pruning
     prepare_with(finetune_data, module.tokenizer)  # and so does missing fine-tuning data
+    teacher = resolve_teacher(settings.recovery, module, default=module.spec.path)  # and a wrong teacher
     run_dir = Path(trainer.default_root_dir)
 
     pruned = prune_model(trainer, module, datamodule, dataclasses.replace(settings.prune, save_model=True))
@@ -81,6 +82,7 @@ def _pipeline(trainer: L.Trainer, module: Any, datamodule: Any, settings: Pipeli
         evaluation,
         before=before,
         labels=("pruned", "recovered"),
+        teacher=teacher,
     )
     params = pruned["parameters"]
     rows = [

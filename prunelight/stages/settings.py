@@ -19,6 +19,7 @@ from prunelight.data.corpora import CorpusSpec
 from prunelight.diagnostics.diagnosis import DiagnosisSettings
 from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
+from prunelight.finetune.distillation import DistillationSettings, Objective
 from prunelight.finetune.lora import LoraSettings
 from prunelight.finetune.module import TrainingSettings
 from prunelight.importance.criteria import CRITERIA, CriterionName, sparse_criteria
@@ -207,6 +208,10 @@ class RecoverySettings:
             (:class:`~callbacks.mask.MaskCallback`); None decides from the weights (at least 5% exact zeros).
         save_adapter: write the LoRA adapter (``adapter/``).
         save_merged: write the merged model (``finetuned_model/``).
+        objective: ``lm`` the next-token loss, ``kd`` distillation from the dense teacher, ``lm+kd`` both
+            (:mod:`prunelight.finetune.distillation`; docs/finetune.md says when to use which).
+        train: ``lora`` adapters on the frozen model, or ``full``: every weight of the pruned model.
+        distillation: the teacher and the distillation loss (used by ``kd`` and ``lm+kd``).
     """
 
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
@@ -214,6 +219,9 @@ class RecoverySettings:
     keep_sparsity: bool | None = None
     save_adapter: bool = True
     save_merged: bool = True
+    objective: Objective = "lm"
+    train: Literal["lora", "full"] = "lora"
+    distillation: DistillationSettings = field(default_factory=DistillationSettings)
 
     def __post_init__(self) -> None:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:

@@ -1,0 +1,201 @@
+"""Recovery by distillation: the loss is the KL it claims to be, the teacher never moves, only the chosen
+weights train, and the finetune and pipeline subcommands run it end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from prunelight.errors import ConfigError
+from prunelight.finetune import FinetuneModule, LoraSettings, TrainingSettings
+from prunelight.finetune.distillation import DistillationSettings, kd_loss, lm_loss, predicted_rows
+from prunelight.main import main
+from prunelight.models.loader import load_weights
+from prunelight.models.spec import ModelSpec
+from prunelight.trainer import PrunelightTrainer
+
+WIKI_VALID = "[{name: wikitext2, split: validation}]"
+
+
+def _hand_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float, top_k: int | None) -> float:
+    """KL(teacher || student) row by row in plain float64 arithmetic, scaled by T^2, averaged over rows."""
+    total = 0.0
+    for s_row, t_row in zip(student.double().tolist(), teacher.double().tolist(), strict=True):
+        keep = sorted(range(len(t_row)), key=lambda i: -t_row[i])[:top_k] if top_k else range(len(t_row))
+        t = [t_row[i] / temperature for i in keep]
+        s = [s_row[i] / temperature for i in keep]
+        t_norm = math.log(sum(math.exp(v) for v in t))
+        s_norm = math.log(sum(math.exp(v) for v in s))
+        total += sum(math.exp(a - t_norm) * ((a - t_norm) - (b - s_norm)) for a, b in zip(t, s, strict=True))
+    return total / len(student) * temperature**2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_kd_loss_is_the_hand_written_kl(temperature, top_k):
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 11, generator=generator), 2 * torch.randn(6, 11, generator=generator)
+    got = float(kd_loss(student, teacher, temperature, top_k))
+    assert got == pytest.approx(_hand_kl(student, teacher, temperature, top_k), rel=1e-5)
+    assert got > 0
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_kd_loss_of_a_student_equal_to_its_teacher_is_zero_with_zero_gradient(top_k):
+    logits = torch.randn(5, 13, generator=torch.Generator().manual_seed(1))
+    student = logits.clone().requires_grad_(True)
+    loss = kd_loss(student, logits, 2.0, top_k)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    # zero up to float32 rounding (the softmax's sum is 1 within an ulp); a different student is far off
+    assert float(student.grad.abs().max()) < 1e-7
+    other = logits + 0.1 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(3))
+    other.requires_grad_(True)
+    kd_loss(other, logits, 2.0, top_k).backward()
+    assert float(other.grad.abs().max()) > 1e-3
+
+
+def test_lm_loss_equals_transformers_loss_and_kd_uses_the_labelled_positions(tiny_llama):
+    model = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[0, :5] = -100  # a prompt: no loss there
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    assert float(lm_loss(out.logits, labels)) == pytest.approx(float(out.loss), rel=1e-5)
+    rows = predicted_rows(out.logits, labels)
+    assert rows.shape == (int((labels[:, 1:] != -100).sum()), model.config.vocab_size)
+
+
+def test_distillation_settings_refuse_nonsense():
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        DistillationSettings(temperature=0)
+    with pytest.raises(ConfigError, match=r"kd_weight must be in \[0, 1\]"):
+        DistillationSettings(kd_weight=1.5)
+    with pytest.raises(ConfigError, match="top_k must be >= 1"):
+        DistillationSettings(top_k=0)
+
+
+def _batches(vocab: int, count: int = 3) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(0, vocab, (2, 16), generator=generator) for _ in range(count)]
+    return [{"input_ids": x, "labels": x.clone()} for x in ids]
+
+
+def _fit(module: FinetuneModule, batches, tmp_path, steps: int = 3) -> None:
+    trainer = PrunelightTrainer(
+        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
+
+
+@pytest.mark.parametrize("train", ["lora", "full"])
+def test_the_teacher_never_moves_and_only_the_chosen_weights_train(tiny_llama, tmp_path, train):
+    L.seed_everything(0)
+    module = FinetuneModule(
+        str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
+        training=TrainingSettings(learning_rate=1e-2, scheduler="constant"),
+    )  # fmt: skip
+    student = module.load_base()
+    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
+    # a student that differs from its teacher, as a pruned one does, so that the KD loss has a gradient
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    base_before = [(p, p.detach().clone()) for p in student.parameters()]
+    teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+    module.use_recovery("kd", train, DistillationSettings(temperature=2.0), teacher)
+    assert not any(p.requires_grad for p in teacher.parameters())  # frozen: nothing can ask for a gradient
+
+    _fit(module, _batches(student.config.vocab_size), tmp_path)
+
+    assert not teacher.training
+    for name, param in teacher.named_parameters():
+        assert torch.equal(param, teacher_before[name]) and param.grad is None, name
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    moved = [not torch.equal(p, before) for p, before in base_before]
+    if train == "lora":
+        assert trainable and all("lora_" in n for n in trainable)
+        assert not any(moved)  # the pruned weights themselves stay as they are
+        lora_b = [p for n, p in module.model.named_parameters() if "lora_B" in n]
+        assert all(float(p.abs().sum()) > 0 for p in lora_b)  # and the adapters learned
+    else:
+        assert all(moved) and len(trainable) == len(base_before)
+
+
+def test_kd_training_lowers_the_kl_to_the_teacher(tiny_llama, tmp_path):
+    L.seed_everything(0)
+    module = FinetuneModule(
+        str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
+        training=TrainingSettings(learning_rate=2e-3, scheduler="constant"),
+    )  # fmt: skip
+    student = module.load_base()
+    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
+    with torch.no_grad():  # a confident teacher: the random student's near-uniform outputs are far from it
+        teacher.model.norm.weight.mul_(8.0)
+    batches = _batches(student.config.vocab_size)
+
+    def kl() -> float:
+        with torch.no_grad():
+            return sum(
+                float(kd_loss(module.model(input_ids=b["input_ids"]).logits.flatten(0, 1),
+                              teacher(input_ids=b["input_ids"]).logits.flatten(0, 1)))
+                for b in batches
+            )  # fmt: skip
+
+    module.use_recovery("kd", "full", DistillationSettings(), teacher)
+    module.configure_model()
+    before = kl()
+    _fit(module, batches, tmp_path, steps=15)
+    module.model.eval()
+    assert kl() < 0.8 * before
+
+
+def _finetune_args(run_model, tmp_path, *extra: str) -> list[str]:
+    return [
+        "finetune", "--model.path", str(run_model), "--model.dtype", "float32",
+        "--finetune_data.corpus", "wikitext2", "--finetune_data.train_split", "validation",
+        "--finetune_data.val_split", "validation", "--finetune_data.block_size", "64",
+        "--finetune_data.max_train_samples", "8", "--finetune_data.max_val_samples", "2",
+        "--finetune_data.batch_size", "2", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--evaluation.corpora", WIKI_VALID,
+        "--evaluation.split", "validation", "--evaluation.seqlen", "64", "--evaluation.max_windows", "1",
+        "--results_root", str(tmp_path / "results"), "--experiment", "kd", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_llama, tmp_path_factory):
+    """A tiny llama pruned 30%: its run folder names the dense model in analysis/prune.json."""
+    results = tmp_path_factory.mktemp("kd-pruned")
+    main(["prune", "--model.path", str(tiny_llama), "--model.dtype", "float32", "--data.corpora", WIKI_VALID,
+          "--data.nsamples", "4", "--data.seqlen", "32", "--ranking.ratio", "0.3", "--evaluation", "null",
+          "--results_root", str(results), "--experiment", "run",
+          "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    return results / tiny_llama.name / "run" / "pruned_model"
+
+
+def test_finetune_with_kd_finds_the_teacher_and_logs_both_losses(pruned_run, tiny_llama, tmp_path):
+    main(_finetune_args(pruned_run, tmp_path, "--recovery.objective", "lm+kd",
+                        "--recovery.distillation.top_k", "16", "--lora.rank", "4"))  # fmt: skip
+    run = next((tmp_path / "results").glob("*/kd"))  # the run is named after the model it was pruned from
+    report = json.loads((run / "analysis" / "finetune.json").read_text())
+    assert report["recovery"]["objective"] == "lm+kd"
+    assert report["recovery"]["distillation"]["teacher"] == str(tiny_llama)
+    assert report["recovery"]["distillation"]["top_k"] == 16
+    assert (run / "finetuned_model" / "config.json").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: set[str] = set()
+    for found in (run / "tb").rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(found))
+        events.Reload()
+        scalars |= set(events.Tags()["scalars"])
+    assert {"train/lm_loss", "train/kd_loss", "train/loss", "val/loss"} <= scalars
