@@ -150,7 +150,6 @@ class FinetuneModule(CausalLMModule):
         if self.teacher is not None:
             self.teacher.requires_grad_(False)
             self.teacher.eval()
-        self.hparams["recovery"] = {"objective": objective, "train": train}
 
     @property
     def peft_model(self) -> PeftModel:

@@ -105,11 +105,31 @@ def training_lines(report: dict[str, Any]) -> list[str]:
     """What the fine-tuning did and what the overfitting monitor saw."""
     trainer, lora, data = report["trainer"], report["lora"], report["data"]
     overfitting = report["overfitting"]
+    recovery = report.get("recovery") or {}
+    distillation = recovery.get("distillation")
+    trained = (
+        f"- LoRA rank {lora['rank']}, alpha {lora['alpha']}, dropout {lora['dropout']} on "
+        f"{', '.join(lora['targets'])}: {report['trainable_parameters']:,} trainable parameters."
+        if lora
+        else f"- every weight trained (`recovery.train: full`): {report['trainable_parameters']:,} "
+        "parameters."
+    )
+    objective = recovery.get("objective", "lm")
+    if distillation:
+        top_k = distillation["top_k"] or "all"
+        objective += (
+            f" (teacher `{distillation['teacher']}`, temperature {distillation['temperature']:g}, "
+            f"top-k {top_k}"
+            + (f", kd weight {distillation['kd_weight']:g}" if objective == "lm+kd" else "")
+            + ")"
+        )
     lines = [
         "## Fine-tuning",
         "",
-        f"- LoRA rank {lora['rank']}, alpha {lora['alpha']}, dropout {lora['dropout']} on "
-        f"{', '.join(lora['targets'])}: {report['trainable_parameters']:,} trainable parameters.",
+        trained,
+        f"- objective: {objective}; TensorBoard has `train/lm_loss` and `train/kd_loss` beside `train/loss`"
+        if distillation
+        else "- objective: lm (the next-token loss).",
         f"- {trainer['global_step']} optimiser steps (accumulating {trainer['accumulate_grad_batches']} "
         f"batches), precision {trainer['precision']}, {report['seconds']:.1f} s"
         + (" (resumed)" if trainer.get("resumed_from") else "")
@@ -133,7 +153,8 @@ def training_lines(report: dict[str, Any]) -> list[str]:
     lines += [f"- {w['message']}" for w in overfitting["warnings"]]
     lines += [
         "",
-        "Files: `adapter/` (LoRA), `finetuned_model/` (merged; `prunelight.load_pruned`), `checkpoints/`, "
+        ("Files: `adapter/` (LoRA), `finetuned_model/` (merged; " if lora else "Files: `finetuned_model/` (")
+        + "`prunelight.load_pruned`), `checkpoints/`, "
         "`analysis/finetune.json`, `analysis/overfitting.json`. TensorBoard: `tensorboard --logdir tb`.",
         "",
     ]

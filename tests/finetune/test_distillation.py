@@ -199,3 +199,81 @@ def test_finetune_with_kd_finds_the_teacher_and_logs_both_losses(pruned_run, tin
         events.Reload()
         scalars |= set(events.Tags()["scalars"])
     assert {"train/lm_loss", "train/kd_loss", "train/loss", "val/loss"} <= scalars
+
+
+class _FirstStep(L.Callback):
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first is None:
+            self.first = trainer.global_step
+
+
+@pytest.mark.parametrize("train", ["lora", "full"])
+def test_a_kd_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_ends(
+    tiny_llama, tmp_path, train
+):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(4.0)
+
+    def module(seed: int) -> FinetuneModule:
+        L.seed_everything(seed)
+        made = FinetuneModule(
+            str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
+            training=TrainingSettings(learning_rate=3e-3, scheduler="constant"),
+        )  # fmt: skip
+        made.load_base()
+        made.use_recovery("lm+kd", train, DistillationSettings(temperature=2.0, top_k=32), teacher)
+        return made
+
+    def trainer(folder, steps: int, **kwargs) -> PrunelightTrainer:
+        return PrunelightTrainer(
+            accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=str(tmp_path / folder),
+            **{"enable_checkpointing": False, **kwargs},
+        )  # fmt: skip
+
+    def loader():  # two batches an epoch: the checkpoint at step 2 closes the first epoch
+        return DataLoader(_batches(512, count=2), batch_size=None)
+
+    straight = module(0)
+    trainer("a", 4).fit(straight, train_dataloaders=loader())
+
+    first = module(0)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    trainer("b", 2, enable_checkpointing=True, callbacks=[saver]).fit(first, train_dataloaders=loader())
+    checkpoint = next((tmp_path / "ckpt").glob("*step=2*.ckpt"))
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["state_dict"] and not any(key.startswith("teacher.") for key in saved["state_dict"])
+
+    resumed = module(1)  # another init: the checkpoint must overwrite it
+    probe = _FirstStep()
+    run = trainer("c", 4, callbacks=[probe])
+    run.fit(resumed, train_dataloaders=loader(), ckpt_path=str(checkpoint))
+    assert probe.first == 2 and run.global_step == 4
+    expected = dict(straight.model.named_parameters())
+    for name, param in resumed.model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(param, expected[name], atol=1e-6), name
+
+
+def test_a_kd_pipeline_distils_from_its_own_dense_model(tiny_llama, tmp_path):
+    main(["pipeline", "--model.path", str(tiny_llama), "--model.dtype", "float32",
+          "--data.corpora", WIKI_VALID, "--data.nsamples", "4", "--data.seqlen", "32",
+          "--ranking.ratio", "0.3", "--lora.rank", "4",
+          "--training.learning_rate", "0.01", "--recovery.objective", "kd", "--recovery.train", "full",
+          *_finetune_args(tiny_llama, tmp_path)[3:]])  # fmt: skip
+    run = next((tmp_path / "results").glob("*/kd"))
+    recovery = json.loads((run / "analysis" / "recovery.json").read_text())
+    tuned = recovery["finetune"]
+    assert tuned["recovery"]["distillation"]["teacher"] == str(tiny_llama)
+    assert tuned["lora"] is None and not (run / "adapter").exists()
+    rows = {r["name"]: r for r in recovery["rows"]}
+    assert tuned["trainable_parameters"] == rows["recovered"]["parameters"] < rows["dense"]["parameters"]
+    assert rows["recovered"]["perplexity"]["wikitext2"] < rows["pruned"]["perplexity"]["wikitext2"]
+    summary = (run / "summary.md").read_text()
+    assert "every weight trained" in summary and "objective: kd (teacher" in summary
