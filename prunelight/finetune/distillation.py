@@ -62,11 +62,11 @@ def kd_loss(
 ) -> torch.Tensor:
     """``T^2 * KL(softmax(t / T) || softmax(s / T))``, the mean over rows of ``[positions, vocab]`` logits.
 
-    Computed in float32 whatever the logits' dtype. With ``top_k`` both sides are restricted to the
-    teacher's ``k`` largest logits of each row and renormalised there.
+    Computed in float32 at least (bfloat16 and float16 logits are widened). With ``top_k`` both sides are
+    restricted to the teacher's ``k`` largest logits of each row and renormalised there.
     """
-    student = student_logits.float() / temperature
-    teacher = teacher_logits.float() / temperature
+    student = _wide(student_logits) / temperature
+    teacher = _wide(teacher_logits) / temperature
     if top_k is not None:
         teacher, index = teacher.topk(top_k, dim=-1)
         student = student.gather(-1, index)
@@ -79,7 +79,11 @@ def kd_loss(
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The causal language-modelling loss transformers computes from ``labels``: the mean next-token
     cross-entropy over the labelled positions (``-100`` is ignored)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    return F.cross_entropy(_wide(logits[:, :-1].flatten(0, 1)), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def _wide(logits: torch.Tensor) -> torch.Tensor:
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def predicted_rows(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

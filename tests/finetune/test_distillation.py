@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -277,3 +278,24 @@ def test_a_kd_pipeline_distils_from_its_own_dense_model(tiny_llama, tmp_path):
     assert rows["recovered"]["perplexity"]["wikitext2"] < rows["pruned"]["perplexity"]["wikitext2"]
     summary = (run / "summary.md").read_text()
     assert "every weight trained" in summary and "objective: kd (teacher" in summary
+
+
+def test_two_processes_distil_to_the_adapters_of_one(tiny_llama, tmp_path):
+    """The same global batches on two gloo ranks (DDP averages the ranks' gradients) and on one process."""
+    from conftest import launch_ddp
+    from kd_worker import fit  # tests/finetune is on sys.path
+
+    worker = Path(__file__).resolve().parent / "kd_worker.py"
+    out = tmp_path / "adapters"
+    launch_ddp(worker, str(tiny_llama), "2", str(tmp_path / "run"), str(out))
+    one = fit(str(tiny_llama), 1, str(tmp_path / "one"))
+    assert one["step"] == 3 and one["adapters"]
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=False)
+        assert got["world"] == 2 and got["step"] == 3
+        assert got["adapters"].keys() == one["adapters"].keys()
+        for name, value in one["adapters"].items():
+            assert value.dtype == torch.float64
+            assert torch.allclose(got["adapters"][name], value, atol=1e-10, rtol=0), name
+    lora_b = [v for n, v in one["adapters"].items() if "lora_B" in n]
+    assert all(float(v.abs().sum()) > 0 for v in lora_b)  # the adapters did move
