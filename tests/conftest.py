@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 if not torch.cuda.is_available():  # before anything imports triton: its kernels then run interpreted
     os.environ.setdefault("TRITON_INTERPRET", "1")
+import lightning as L  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
@@ -228,3 +229,14 @@ def masked(dense: nn.Module, plan: PruningPlan) -> nn.Module:
                 m.o.weight[:, group_columns(g, layout.num_key_value_groups, layout.head_dim)] = 0
             m.down.weight[:, layer_plan.mlp_channels] = 0
     return out
+
+
+class FirstStep(L.Callback):
+    """The global step of the first training batch a fit runs (a resumed fit starts at its checkpoint's)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first is None:
+            self.first = trainer.global_step

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import FirstStep
 from torch.utils.data import DataLoader
 
 from prunelight.errors import ConfigError
@@ -96,15 +97,30 @@ def _fit(module: FinetuneModule, batches, tmp_path, steps: int = 3) -> None:
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
 
 
+def _student(folder, lr: float, seed: int = 0) -> FinetuneModule:
+    """The tiny llama as a LoRA student (rank 4, no dropout, constant learning rate), its base loaded."""
+    L.seed_everything(seed)
+    module = FinetuneModule(
+        str(folder), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
+        training=TrainingSettings(learning_rate=lr, scheduler="constant"),
+    )  # fmt: skip
+    module.load_base()
+    return module
+
+
+def _teacher(folder, sharper: float = 1.0):
+    """The tiny llama as a teacher; ``sharper`` scales its final norm, which makes it more confident."""
+    teacher = load_weights(ModelSpec(str(folder), dtype="float32"))
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(sharper)
+    return teacher
+
+
 @pytest.mark.parametrize("train", ["lora", "full"])
 def test_the_teacher_never_moves_and_only_the_chosen_weights_train(tiny_llama, tmp_path, train):
-    L.seed_everything(0)
-    module = FinetuneModule(
-        str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
-        training=TrainingSettings(learning_rate=1e-2, scheduler="constant"),
-    )  # fmt: skip
-    student = module.load_base()
-    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
+    module = _student(tiny_llama, lr=1e-2)
+    student = module.model
+    teacher = _teacher(tiny_llama)
     # a student that differs from its teacher, as a pruned one does, so that the KD loss has a gradient
     with torch.no_grad():
         for p in student.parameters():
@@ -131,15 +147,9 @@ def test_the_teacher_never_moves_and_only_the_chosen_weights_train(tiny_llama, t
 
 
 def test_kd_training_lowers_the_kl_to_the_teacher(tiny_llama, tmp_path):
-    L.seed_everything(0)
-    module = FinetuneModule(
-        str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
-        training=TrainingSettings(learning_rate=2e-3, scheduler="constant"),
-    )  # fmt: skip
-    student = module.load_base()
-    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
-    with torch.no_grad():  # a confident teacher: the random student's near-uniform outputs are far from it
-        teacher.model.norm.weight.mul_(8.0)
+    module = _student(tiny_llama, lr=2e-3)
+    student = module.model
+    teacher = _teacher(tiny_llama, sharper=8.0)  # the random student's near-uniform outputs are far from it
     batches = _batches(student.config.vocab_size)
 
     def kl() -> float:
@@ -202,32 +212,16 @@ def test_finetune_with_kd_finds_the_teacher_and_logs_both_losses(pruned_run, tin
     assert {"train/lm_loss", "train/kd_loss", "train/loss", "val/loss"} <= scalars
 
 
-class _FirstStep(L.Callback):
-    def __init__(self) -> None:
-        self.first: int | None = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.first is None:
-            self.first = trainer.global_step
-
-
 @pytest.mark.parametrize("train", ["lora", "full"])
 def test_a_kd_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_ends(
     tiny_llama, tmp_path, train
 ):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    teacher = load_weights(ModelSpec(str(tiny_llama), dtype="float32"))
-    with torch.no_grad():
-        teacher.model.norm.weight.mul_(4.0)
+    teacher = _teacher(tiny_llama, sharper=4.0)
 
     def module(seed: int) -> FinetuneModule:
-        L.seed_everything(seed)
-        made = FinetuneModule(
-            str(tiny_llama), dtype="float32", lora=LoraSettings(rank=4, dropout=0.0),
-            training=TrainingSettings(learning_rate=3e-3, scheduler="constant"),
-        )  # fmt: skip
-        made.load_base()
+        made = _student(tiny_llama, lr=3e-3, seed=seed)
         made.use_recovery("lm+kd", train, DistillationSettings(temperature=2.0, top_k=32), teacher)
         return made
 
@@ -252,7 +246,7 @@ def test_a_kd_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_run_en
     assert saved["state_dict"] and not any(key.startswith("teacher.") for key in saved["state_dict"])
 
     resumed = module(1)  # another init: the checkpoint must overwrite it
-    probe = _FirstStep()
+    probe = FirstStep()
     run = trainer("c", 4, callbacks=[probe])
     run.fit(resumed, train_dataloaders=loader(), ckpt_path=str(checkpoint))
     assert probe.first == 2 and run.global_step == 4

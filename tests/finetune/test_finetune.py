@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from conftest import FirstStep
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import PeftModel
 from torch.utils.data import DataLoader
@@ -109,15 +110,6 @@ def test_a_few_steps_lower_the_loss_and_move_only_the_adapters(pruned_tiny, tmp_
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
 
 
-class _FirstStep(L.Callback):
-    def __init__(self) -> None:
-        self.first: int | None = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.first is None:
-            self.first = trainer.global_step
-
-
 def test_resume_continues_at_the_same_step_and_ends_where_an_uninterrupted_run_ends(pruned_tiny, tmp_path):
     def loader():  # two batches an epoch: the checkpoint at step 2 closes the first epoch
         return DataLoader(_batches(512, count=2), batch_size=None)
@@ -138,7 +130,7 @@ def test_resume_continues_at_the_same_step_and_ends_where_an_uninterrupted_run_e
 
     L.seed_everything(1)  # a different adapter init: the checkpoint must overwrite it
     resumed = _module(pruned_tiny, lr=5e-3)
-    probe = _FirstStep()
+    probe = FirstStep()
     trainer = _trainer(tmp_path / "c", max_steps=4, callbacks=[probe])
     trainer.fit(resumed, train_dataloaders=loader(), ckpt_path=str(checkpoint))
     assert probe.first == 2
