@@ -133,13 +133,20 @@ def test_a_pipeline_with_reconstruction_repairs_before_lora(tiny_llama, tmp_path
     assert "reconstruction: lsq" in summary and "| recovered |" in summary
 
 
-def test_a_sparse_pipeline_keeps_its_zeros_through_lora(tiny_llama, tmp_path):
+@pytest.mark.parametrize(
+    "recovery",
+    [[], ["--recovery.objective", "kd", "--recovery.train", "full"]],
+    ids=["lora", "kd-full"],
+)
+def test_a_sparse_pipeline_keeps_its_zeros_through_recovery(tiny_llama, tmp_path, recovery):
     main(["pipeline", *_prune_options(tiny_llama), "--importance.criterion", "wanda",
           "--sparsity.pattern", "unstructured", "--sparsity.sparsity", "0.5", "--lora.rank", "4",
-          *_finetune_options(tmp_path)])  # fmt: skip
+          *recovery, *_finetune_options(tmp_path)])  # fmt: skip
     run = tmp_path / "results" / tiny_llama.name / "run"
     report = json.loads((run / "analysis/finetune.json").read_text())
     assert report["sparsity_kept"] == pytest.approx(0.5, abs=0.01)
+    if recovery:  # every weight trained, and still half of them zero
+        assert report["trainable_parameters"] == report["parameters"]
     model = prunelight.load_pruned(run / "finetuned_model")
     q = model.model.layers[0].self_attn.q_proj.weight
     assert (q == 0).float().mean() == pytest.approx(0.5, abs=0.02)
