@@ -127,8 +127,9 @@ def main() -> None:
     for r in rows:
         memory = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         ratio = "-" if r["peak_gib"] is None else f"{r['peak_gib'] / base['peak_gib']:.2f}"
+        time_ratio = r["seconds"] / base["seconds"]
         print(f"| {r['variant']} | {r['trainable']:,} | {r['tokens_per_second']:,.0f} | "
-              f"{r['seconds_per_step']:.3f} | {r['seconds'] / base['seconds']:.2f} | {memory} | {ratio} |")  # fmt: skip
+              f"{r['seconds_per_step']:.3f} | {time_ratio:.2f} | {memory} | {ratio} |")  # fmt: skip
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
