@@ -6,8 +6,9 @@ this way. The loss is the KL divergence ``KL(teacher || student)`` of the two di
 temperature ``T`` and scaled by ``T^2`` (so its gradients keep their size as ``T`` changes, as in Hinton et
 al.), averaged over the positions the language-modelling loss is taken on. With ``top_k`` only the
 teacher's ``k`` most likely tokens of each position take part: both distributions are renormalised over
-them, which bounds the memory of the teacher's side and keeps the loss exactly zero for a student equal to
-its teacher.
+them. The loss's softmaxes and their gradients are then ``[positions, k]`` instead of ``[positions, vocab]``
+(the teacher's full logits are still computed once per batch), and the loss stays exactly zero for a
+student equal to its teacher.
 """
 
 from __future__ import annotations
