@@ -2,9 +2,10 @@
 trained on the next-token loss, on distillation from the dense teacher, or on both.
 
 With LoRA the base weights stay frozen; only the adapters train, so a checkpoint holds the adapters and the
-optimiser state, not a second copy of the model. A checkpoint never holds the teacher (it is frozen and is
-loaded again from its path). Lightning does the rest: precision (``bf16-mixed``), gradient accumulation,
-checkpointing and resume (``ckpt_path``), DDP (each rank holds its own teacher).
+optimiser state, not a second copy of the model. The teacher is not a submodule: no checkpoint holds it
+(it is frozen and loaded again from its path), DDP does not broadcast it, and Lightning neither counts nor
+switches it to train mode. Lightning does the rest: precision (``bf16-mixed``), gradient accumulation,
+checkpointing and resume (``ckpt_path``), DDP (each rank loads its own teacher).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class FinetuneModule(CausalLMModule):
         self.objective: Objective = "lm"
         self.train_mode: Literal["lora", "full"] = "lora"
         self.distillation = DistillationSettings()
-        self.teacher: PreTrainedModel | None = None
+        self._teacher: list[PreTrainedModel] = []  # a list, so that nn.Module does not register it
         # Checkpoints hold only the adapters (on_save_checkpoint); the frozen base comes from ``path``.
         self.strict_loading = False
         self.use_settings(lora, training)
@@ -136,9 +137,9 @@ class FinetuneModule(CausalLMModule):
     ) -> None:
         """Train ``lora`` adapters or ``full`` weights on ``objective``; set before ``fit``.
 
-        ``teacher`` (needed by ``kd`` and ``lm+kd``) is frozen here and kept in eval mode: it becomes a
-        submodule, so Lightning moves it to the student's device, and its weights are never trained nor
-        written to a checkpoint (only parameters that require a gradient are).
+        ``teacher`` (needed by ``kd`` and ``lm+kd``) is frozen here and put in eval mode; it moves to the
+        student's device when the fit starts. It is held outside the module's submodules (see the module
+        docstring), so its weights are never trained, broadcast or checkpointed.
         """
         if isinstance(getattr(self, "model", None), PeftModel) or getattr(self, "_configured", False):
             raise RuntimeError("the model is already set up for training; set the recovery before fit")
@@ -146,10 +147,23 @@ class FinetuneModule(CausalLMModule):
             raise ConfigError(f"recovery.objective {objective} needs a teacher model")
         self.objective, self.train_mode = objective, train
         self.distillation = distillation or DistillationSettings()
-        self.teacher = None if objective == "lm" else teacher
+        self._teacher = [] if objective == "lm" or teacher is None else [teacher]
+        for frozen in self._teacher:
+            frozen.requires_grad_(False)
+            frozen.eval()
+
+    @property
+    def teacher(self) -> PreTrainedModel | None:
+        """The frozen dense model the ``kd`` objectives learn from, or None."""
+        return self._teacher[0] if self._teacher else None
+
+    def drop_teacher(self) -> None:
+        """Let the teacher's memory go (after the fit)."""
+        self._teacher = []
+
+    def on_fit_start(self) -> None:
         if self.teacher is not None:
-            self.teacher.requires_grad_(False)
-            self.teacher.eval()
+            self.teacher.to(self.device)
 
     @property
     def peft_model(self) -> PeftModel:
@@ -175,13 +189,6 @@ class FinetuneModule(CausalLMModule):
         self.model = add_lora(base, self.lora) if self.train_mode == "lora" else base
         self.model.train()  # loading leaves the model in eval mode; LoRA dropout needs train mode
         self._configured = True
-
-    def train(self, mode: bool = True) -> FinetuneModule:
-        """Lightning puts every submodule in train mode at fit start; the teacher stays in eval mode."""
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(

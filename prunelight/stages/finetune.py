@@ -123,7 +123,7 @@ def finetune_model(
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - start
     memory = peak_memory(device)
-    module.teacher = None  # its memory is free for the evaluation
+    module.drop_teacher()  # its memory is free for the evaluation
 
     trained = module.model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)

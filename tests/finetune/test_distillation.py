@@ -129,6 +129,8 @@ def test_the_teacher_never_moves_and_only_the_chosen_weights_train(tiny_llama, t
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     module.use_recovery("kd", train, DistillationSettings(temperature=2.0), teacher)
     assert not any(p.requires_grad for p in teacher.parameters())  # frozen: nothing can ask for a gradient
+    # not a submodule: not in the module's parameters, so never broadcast by DDP nor checkpointed
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in module.parameters()}
 
     _fit(module, _batches(student.config.vocab_size), tmp_path)
 
