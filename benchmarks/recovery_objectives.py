@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from prunelight.finetune import FinetuneModule, LoraSettings, TrainingSettings
 from prunelight.finetune.distillation import DistillationSettings
+from prunelight.measure import peak_memory, reset_peak_memory
 from prunelight.models.loader import load_weights
 from prunelight.models.spec import ModelSpec
 from prunelight.trainer import PrunelightTrainer
@@ -38,6 +39,7 @@ class StepClock(L.Callback):
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.seconds = warmup, 0.0, 0.0
+        self.peak: float | None = None
 
     def _sync(self, module: L.LightningModule) -> None:
         if module.device.type == "cuda":
@@ -46,13 +48,14 @@ class StepClock(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         if trainer.global_step == self.warmup:
             self._sync(module)
-            if module.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(module.device)
+            reset_peak_memory(module.device)
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._sync(module)
         self.seconds = time.perf_counter() - self.start
+        # GPU only: on a CPU peak_memory gives the whole process's RSS, not this variant's
+        self.peak = peak_memory(module.device).get("peak_gpu_memory_mb")
 
 
 def run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -80,7 +83,7 @@ def run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     trainer.fit(module, train_dataloaders=loader)
     trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+    peak = None if clock.peak is None else clock.peak / 1024
     del module, teacher, trainer
     gc.collect()
     if args.device == "cuda":

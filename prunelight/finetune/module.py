@@ -51,6 +51,10 @@ class TrainingSettings:
             raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
+TrainMode = Literal["lora", "full"]
+"""What recovery trains: LoRA adapters on the frozen model, or every weight of it."""
+
+
 class FinetuneModule(CausalLMModule):
     """LoRA fine-tuning of the model at ``path`` (a pruned model folder loads like any other).
 
@@ -104,7 +108,8 @@ class FinetuneModule(CausalLMModule):
         self.val_perplexity = Perplexity()
         self.last_train_loss: float | None = None
         self.objective: Objective = "lm"
-        self.train_mode: Literal["lora", "full"] = "lora"
+        self.train_mode: TrainMode = "lora"
+        self._configured = False  # configure_model has set the model up for training
         self.distillation = DistillationSettings()
         self._teacher: list[PreTrainedModel] = []  # a list, so that nn.Module does not register it
         # Checkpoints hold only the adapters (on_save_checkpoint); the frozen base comes from ``path``.
@@ -131,7 +136,7 @@ class FinetuneModule(CausalLMModule):
     def use_recovery(
         self,
         objective: Objective = "lm",
-        train: Literal["lora", "full"] = "lora",
+        train: TrainMode = "lora",
         distillation: DistillationSettings | None = None,
         teacher: PreTrainedModel | None = None,
     ) -> None:
@@ -141,13 +146,13 @@ class FinetuneModule(CausalLMModule):
         student's device when the fit starts. It is held outside the module's submodules (see the module
         docstring), so its weights are never trained, broadcast or checkpointed.
         """
-        if isinstance(getattr(self, "model", None), PeftModel) or getattr(self, "_configured", False):
+        if self._configured:
             raise RuntimeError("the model is already set up for training; set the recovery before fit")
         if objective != "lm" and teacher is None:
             raise ConfigError(f"recovery.objective {objective} needs a teacher model")
         self.objective, self.train_mode = objective, train
         self.distillation = distillation or DistillationSettings()
-        self._teacher = [] if objective == "lm" or teacher is None else [teacher]
+        self._teacher = [] if objective == "lm" else [teacher]
         for frozen in self._teacher:
             frozen.requires_grad_(False)
             frozen.eval()
@@ -179,7 +184,7 @@ class FinetuneModule(CausalLMModule):
         return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
 
     def configure_model(self) -> None:
-        if isinstance(self.model, PeftModel) or getattr(self, "_configured", False):
+        if isinstance(self.model, PeftModel) or self._configured:
             return
         base = self.load_base()
         base.requires_grad_(self.train_mode == "full")

@@ -21,7 +21,7 @@ from prunelight.errors import ConfigError
 from prunelight.evaluate.zeroshot import ZeroShotSettings
 from prunelight.finetune.distillation import DistillationSettings, Objective
 from prunelight.finetune.lora import LoraSettings
-from prunelight.finetune.module import TrainingSettings
+from prunelight.finetune.module import TrainingSettings, TrainMode
 from prunelight.importance.criteria import CRITERIA, CriterionName, sparse_criteria
 from prunelight.ranking import RankingConfig
 from prunelight.ranking.search import SearchSettings
@@ -220,7 +220,7 @@ class RecoverySettings:
     save_adapter: bool = True
     save_merged: bool = True
     objective: Objective = "lm"
-    train: Literal["lora", "full"] = "lora"
+    train: TrainMode = "lora"
     distillation: DistillationSettings = field(default_factory=DistillationSettings)
 
     def __post_init__(self) -> None:
