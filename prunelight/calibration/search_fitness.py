@@ -45,15 +45,44 @@ from prunelight.ranking.search import (
 from prunelight.save.layers import head_dim, read_layer_sizes
 
 
+class ColumnMasks:
+    """0/1 masks of the o_proj / down_proj inputs that a layer keeps without some groups, built once per
+    (layer, projection, removed groups) on the projection's device and dtype.
+
+    A search scores a thousand candidates built from the same few ladder levels; building each mask again
+    for every candidate and batch cost more host time than a small model's forward on a GPU, and each
+    build copied indices to the device, which waits for the queued forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        adapter = adapter_for(model)
+        self.modules = [adapter.modules(layer) for layer in adapter.decoder_layers(model)]
+        self.sizes, self.head_dim = read_layer_sizes(model), head_dim(model)
+        self._masks: dict[tuple[int, str, tuple[int, ...]], Tensor] = {}
+
+    def __call__(self, layer: int, name: str, removed: Sequence[int]) -> Tensor:
+        key = (layer, name, tuple(removed))
+        if key not in self._masks:
+            weight = getattr(self.modules[layer], name).weight
+            mask = torch.zeros(weight.shape[1], device=weight.device, dtype=weight.dtype)
+            mask[kept_columns(self.sizes[layer], self.head_dim, name, key[2], weight.device)] = 1
+            self._masks[key] = mask
+        return self._masks[key]
+
+
 @contextmanager
-def masked(model: nn.Module, plan: PruningPlan, repairs: LevelRepairs | None = None) -> Iterator[nn.Module]:
+def masked(
+    model: nn.Module,
+    plan: PruningPlan,
+    repairs: LevelRepairs | None = None,
+    masks: ColumnMasks | None = None,
+) -> Iterator[nn.Module]:
     """``model`` computing as if ``plan`` were applied, while the context lasts (weights untouched): the
     inputs of o_proj and down_proj outside apply's kept columns are zeroed, and a layer the plan removes
     passes its input through. With ``repairs`` the cut projections compute with their refitted kept
-    columns (and intercept) instead, as the run's reconstruction would repair each layer on its own."""
-    adapter = adapter_for(model)
-    layers = adapter.decoder_layers(model)
-    sizes, dim = read_layer_sizes(model), head_dim(model)
+    columns (and intercept) instead, as the run's reconstruction would repair each layer on its own.
+    ``masks`` reuses the column masks of earlier calls (a search passes one for all its candidates)."""
+    masks = masks or ColumnMasks(model)
+    layers = adapter_for(model).decoder_layers(model)
     handles = []
 
     def zero(columns: Tensor) -> Callable:
@@ -74,17 +103,14 @@ def masked(model: nn.Module, plan: PruningPlan, repairs: LevelRepairs | None = N
             if layer_plan.remove_layer:
                 handles.append(layers[index].register_forward_hook(_skipped, with_kwargs=True))
                 continue
-            m = adapter.modules(layers[index])
             for name, units in (("o", layer_plan.attention_groups), ("down", layer_plan.mlp_channels)):
                 if not units:
                     continue
-                linear = getattr(m, name)
+                linear = getattr(masks.modules[index], name)
                 if repairs is not None:
                     handles.append(linear.register_forward_hook(refitted(*repairs.refit(index, name, units))))
                     continue
-                columns = torch.zeros(linear.in_features, device=linear.weight.device)
-                columns[kept_columns(sizes[index], dim, name, units, columns.device)] = 1
-                handles.append(linear.register_forward_pre_hook(zero(columns)))
+                handles.append(linear.register_forward_pre_hook(zero(masks(index, name, units))))
         yield model
     finally:
         for handle in handles:
@@ -172,21 +198,24 @@ def kl_sums(
     plans: Sequence[PruningPlan],
     batch_size: int = 8,
     repairs: LevelRepairs | None = None,
+    masks: ColumnMasks | None = None,
 ) -> tuple[list[float], int]:
     """Per plan, the sum over every position of KL(dense || planned) of the next-token distribution
-    (float32), and the number of positions. Each batch runs the dense model once for all the plans."""
-    totals, positions = [0.0] * len(plans), 0
+    (float32), and the number of positions. Each batch runs the dense model once for all the plans; the
+    sums stay on the device until the end, so the host queues the next candidate while one computes."""
+    masks = masks or ColumnMasks(model)
     device = next(model.parameters()).device
+    totals, positions = torch.zeros(len(plans), dtype=torch.float64, device=device), 0
     for i in range(0, len(windows), batch_size):
         ids = windows[i : i + batch_size].to(device)
         dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         probabilities = dense.exp()
         for k, plan in enumerate(plans):
-            with masked(model, plan, repairs):
+            with masked(model, plan, repairs, masks):
                 pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-            totals[k] += float((probabilities * (dense - pruned)).sum())
+            totals[k] += (probabilities * (dense - pruned)).sum()
         positions += ids.numel()
-    return totals, positions
+    return totals.tolist(), positions
 
 
 def kl_to_dense(
@@ -198,11 +227,12 @@ def kl_to_dense(
     processes: int = 1,
     reduce: Reduce | None = None,
     repairs: LevelRepairs | None = None,
+    masks: ColumnMasks | None = None,
 ) -> list[float]:
     """Per plan, the mean over every position of KL(dense || planned). With several ``processes`` each
     takes every ``processes``-th window from its ``process`` index and ``reduce`` sums the parts (one
     reduction for all the plans), so all get the same numbers."""
-    totals, positions = kl_sums(model, windows[process::processes], plans, batch_size, repairs)
+    totals, positions = kl_sums(model, windows[process::processes], plans, batch_size, repairs, masks)
     if reduce is None:
         return [total / positions for total in totals]
     device = next(model.parameters()).device
@@ -234,6 +264,7 @@ class KLFitness:
         self.model, self.windows, self.stage_windows = model, windows, list(stage_windows)
         self.plan_of, self.batch_size, self.seed = plan_of, batch_size, seed
         self.process, self.processes, self.reduce, self.repairs = process, processes, reduce, repairs
+        self.masks = ColumnMasks(model)
 
     def windows_of(self, stage: int, generation: int) -> Tensor:
         """The stage's windows: a seeded draw without replacement from the pool."""
@@ -252,6 +283,7 @@ class KLFitness:
             self.processes,
             self.reduce,
             self.repairs,
+            self.masks,
         )
 
     def many(self, genomes: Sequence[Genome], stage: int, generation: int) -> list[float]:
