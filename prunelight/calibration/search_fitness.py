@@ -42,7 +42,7 @@ from prunelight.ranking.search import (
     plan_counts,
     search,
 )
-from prunelight.save.layers import head_dim, read_layer_sizes
+from prunelight.save.layers import head_dim, projection_path, read_layer_sizes, replace_module
 
 
 class ColumnMasks:
@@ -54,8 +54,9 @@ class ColumnMasks:
     build copied indices to the device, which waits for the queued forward."""
 
     def __init__(self, model: nn.Module) -> None:
-        adapter = adapter_for(model)
-        self.modules = [adapter.modules(layer) for layer in adapter.decoder_layers(model)]
+        self.adapter = adapter_for(model)
+        self.layers = self.adapter.decoder_layers(model)
+        self.modules = [self.adapter.modules(layer) for layer in self.layers]
         self.sizes, self.head_dim = read_layer_sizes(model), head_dim(model)
         self._masks: dict[tuple[int, str, tuple[int, ...]], Tensor] = {}
 
@@ -82,18 +83,12 @@ def masked(
     columns (and intercept) instead, as the run's reconstruction would repair each layer on its own.
     ``masks`` reuses the column masks of earlier calls (a search passes one for all its candidates)."""
     masks = masks or ColumnMasks(model)
-    layers = adapter_for(model).decoder_layers(model)
-    handles = []
+    layers = masks.layers
+    handles, swapped = [], []
 
     def zero(columns: Tensor) -> Callable:
         def hook(module: nn.Module, args: tuple) -> tuple:
             return (args[0] * columns.to(device=args[0].device, dtype=args[0].dtype), *args[1:])
-
-        return hook
-
-    def refitted(keep: Tensor, weight: Tensor, bias: Tensor | None) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            return F.linear(args[0].index_select(-1, keep.to(args[0].device)), weight, bias)
 
         return hook
 
@@ -107,14 +102,30 @@ def masked(
                 if not units:
                     continue
                 linear = getattr(masks.modules[index], name)
-                if repairs is not None:
-                    handles.append(linear.register_forward_hook(refitted(*repairs.refit(index, name, units))))
+                if repairs is None:
+                    handles.append(linear.register_forward_pre_hook(zero(masks(index, name, units))))
                     continue
-                handles.append(linear.register_forward_pre_hook(zero(masks(index, name, units))))
+                path = projection_path(masks.adapter, name)
+                replace_module(layers[index], path, _Refitted(*repairs.refit(index, name, units)))
+                swapped.append((layers[index], path, linear))
         yield model
     finally:
         for handle in handles:
             handle.remove()
+        for layer, path, linear in swapped:
+            replace_module(layer, path, linear)
+
+
+class _Refitted(nn.Module):
+    """A cut projection's refitted kept columns, standing in for the projection while a candidate runs
+    (a hook on the projection would compute its dense output too, and throw it away)."""
+
+    def __init__(self, keep: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.keep, self.weight, self.bias = keep, weight, bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.index_select(-1, self.keep), self.weight, self.bias)
 
 
 def _skipped(layer: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
