@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from prunelight.apply import apply_plan
 from prunelight.calibration import CalibrationDataModule, CalibrationModule
-from prunelight.calibration.module import window_losses
+from prunelight.calibration.losses import window_losses
 from prunelight.callbacks.importance import ImportanceCallback
 from prunelight.data.windows import WindowSet, calibration_windows
 from prunelight.loops import calibrate

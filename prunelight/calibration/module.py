@@ -10,16 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from prunelight.calibration.losses import window_losses
 from prunelight.errors import ConfigError
 from prunelight.models.module import CausalLMModule
-
-
-def window_losses(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL of each window, in float32 whatever the model's dtype."""
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="none")
-    return nll.view(input_ids.shape[0], -1).mean(dim=1)
 
 
 class CalibrationModule(CausalLMModule):
