@@ -9,6 +9,7 @@ sandboxes) the CPU figure is the whole process's peak, as ``getrusage`` gives it
 from __future__ import annotations
 
 import resource
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -27,10 +28,8 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats(_cuda_index(device))
     elif device.type == "cpu":
-        try:
+        with suppress(OSError):
             _CLEAR_REFS.write_text("5")  # "5": reset the peak resident set size to the current one
-        except OSError:
-            pass
 
 
 def _rss_peak_mb() -> float:

@@ -2,7 +2,9 @@
 
 Forward-only criteria need no logits, so only the last position's are computed; gradient criteria run
 forward and backward without an optimiser step, and the gradients are consumed by the importance hooks as
-they arrive.
+they arrive. Their memory is the activations kept for the backward: the loss keeps one logits-sized buffer
+(:mod:`prunelight.calibration.losses`) and float32 attention a kernel without a seq x seq matrix
+(:mod:`prunelight.models.attention`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from prunelight.calibration.losses import window_losses
 from prunelight.errors import ConfigError
+from prunelight.models.attention import efficient_float32_attention
 from prunelight.models.module import CausalLMModule
 
 
@@ -43,7 +46,8 @@ class CalibrationModule(CausalLMModule):
             )
         chunks = [slice(i, i + 1) for i in range(len(input_ids))] if self.per_sample else [slice(None)]
         total = 0.0
-        with torch.enable_grad():
+        # float32 attention keeps no seq x seq matrix per layer for the backward (models/attention.py)
+        with torch.enable_grad(), efficient_float32_attention():
             for part in chunks:
                 ids = input_ids[part]
                 logits = self.model(input_ids=ids, use_cache=False).logits

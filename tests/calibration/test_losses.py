@@ -32,7 +32,7 @@ def grad_of(loss_fn, hidden, head, ids, weights) -> tuple[torch.Tensor, torch.Te
     return nll.detach(), hidden.grad.clone()
 
 
-@pytest.mark.parametrize("chunk", [37, 3 * 37 * 4, 2**26])  # one position per slice, an uneven last slice, one
+@pytest.mark.parametrize("chunk", [37, 3 * 37 * 4, 2**26])  # 1 position a slice, uneven, one slice
 def test_values_and_gradients_equal_cross_entropy(monkeypatch, chunk):
     monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
     hidden, head, ids, weights = case()
