@@ -12,9 +12,10 @@ the model's shape) per row, each row in a fresh process so that every peak is it
 - **attention**: with no mask, transformers' ``sdpa`` passes grouped key/value heads with
   ``enable_gqa=True``; flash and cuDNN attention take no float32, and if the memory-efficient kernel refuses
   grouped heads too, torch runs the math kernel, which keeps a ``batch x heads x seq x seq`` matrix per
-  layer for the backward. The rows compare ``sdpa``, ``sdpa`` with the key/value heads expanded first (a
-  path registered here, so the efficient kernel sees equal head counts) and ``eager``; the first line says
-  what torch answers about the efficient kernel for those inputs.
+  layer for the backward. The rows compare transformers' ``sdpa``, the same under the calibration's
+  :func:`prunelight.models.attention.efficient_float32_attention` (heads expanded where that buys the
+  efficient kernel) and ``eager``; the first line says what torch answers about the efficient kernel for
+  those inputs.
 
 Each row prints seconds, peak memory (CUDA's allocator peak; on a CPU the process's peak resident memory),
 its ratio to the first row, and the largest relative difference of the per-parameter gradient norms from
@@ -28,12 +29,12 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,6 +42,7 @@ from calibration_cost import SHAPES  # noqa: E402
 
 from prunelight.calibration.losses import window_losses  # noqa: E402
 from prunelight.measure import peak_memory, reset_peak_memory  # noqa: E402
+from prunelight.models.attention import efficient_float32_attention  # noqa: E402
 
 MODEL_SHAPES = {
     **SHAPES,
@@ -55,17 +57,6 @@ MODEL_SHAPES = {
         tie_word_embeddings=True,
     ),
 }  # fmt: skip
-
-
-def sdpa_expanded(module, query, key, value, attention_mask, **kwargs):
-    """transformers' sdpa after repeating the key/value heads to the query heads."""
-    groups = query.shape[1] // key.shape[1]
-    return sdpa_attention_forward(
-        module, query, repeat_kv(key, groups), repeat_kv(value, groups), attention_mask, **kwargs
-    )
-
-
-AttentionInterface.register("sdpa_expanded", sdpa_expanded)
 
 
 def efficient_kernel_verdict(config, batch: int, seqlen: int, device: torch.device) -> str:
@@ -84,12 +75,12 @@ def efficient_kernel_verdict(config, batch: int, seqlen: int, device: torch.devi
 
 
 ROWS = {
-    "before": ("sdpa", "cross_entropy", "sdpa + cross_entropy (before)"),
-    "sdpa": ("sdpa", "window_nll", "sdpa + WindowNLL (today)"),
-    "sdpa_expanded": ("sdpa_expanded", "window_nll", "sdpa, heads expanded + WindowNLL"),
-    "eager": ("eager", "window_nll", "eager + WindowNLL"),
+    "before": ("sdpa", False, "cross_entropy", "sdpa + cross_entropy (before)"),
+    "loss": ("sdpa", False, "window_nll", "sdpa + WindowNLL"),
+    "today": ("sdpa", True, "window_nll", "sdpa, float32 heads expanded + WindowNLL (today)"),
+    "eager": ("eager", False, "window_nll", "eager + WindowNLL"),
 }
-"""Row name: (attention, loss, label)."""
+"""Row name: (attention, efficient_float32_attention or not, loss, label)."""
 
 
 def cross_entropy_losses(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -112,7 +103,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor]:
 
 def run_row(args: argparse.Namespace) -> dict:
     """One row in this process: a warm-up batch, then the measured one."""
-    attention, loss, _ = ROWS[args.row]
+    attention, expand, loss, _ = ROWS[args.row]
     model, ids = build(args)
     model.set_attn_implementation(attention)
     loss_fn = window_losses if loss == "window_nll" else cross_entropy_losses
@@ -122,7 +113,8 @@ def run_row(args: argparse.Namespace) -> dict:
         _sync(device)
         reset_peak_memory(device)
         start = time.perf_counter()
-        loss_fn(model(input_ids=ids, use_cache=False).logits, ids).mean().backward()
+        with efficient_float32_attention() if expand else nullcontext():
+            loss_fn(model(input_ids=ids, use_cache=False).logits, ids).mean().backward()
         _sync(device)
         seconds = time.perf_counter() - start
     norms = [float(p.grad.norm()) for p in model.parameters() if p.grad is not None]
@@ -161,7 +153,7 @@ def main() -> None:
         child += ["--layers", str(args.layers)] if args.layers else []
         done = subprocess.run(child, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"| {ROWS[row][2]} | failed: {done.stderr.strip().splitlines()[-1]} |")
+            print(f"| {ROWS[row][3]} | failed: {done.stderr.strip().splitlines()[-1]} |")
             continue
         results[row] = json.loads(done.stdout.strip().splitlines()[-1])
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -178,7 +170,7 @@ def main() -> None:
     for row, r in results.items():
         diff = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(r["norms"], first["norms"], strict=True))
         gib, ratio = r["peak_mib"] / 1024, r["peak_mib"] / first["peak_mib"]
-        print(f"| {ROWS[row][2]} | {r['seconds']:.3f} | {gib:.2f} | {ratio:.2f}x | {diff:.1e} |")
+        print(f"| {ROWS[row][3]} | {r['seconds']:.3f} | {gib:.2f} | {ratio:.2f}x | {diff:.1e} |")
 
 
 if __name__ == "__main__":
