@@ -30,6 +30,7 @@ from prunelight.apply.structured import kept_columns
 from prunelight.calibration.reconstruct import InputSums, Reconstruction
 from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
+from prunelight.models.attention import efficient_float32_attention
 from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingResult, rank
 from prunelight.ranking.rank import layer_constraints
 from prunelight.ranking.search import (
@@ -217,15 +218,16 @@ def kl_sums(
     masks = masks or ColumnMasks(model)
     device = next(model.parameters()).device
     totals, positions = torch.zeros(len(plans), dtype=torch.float64, device=device), 0
-    for i in range(0, len(windows), batch_size):
-        ids = windows[i : i + batch_size].to(device)
-        dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-        probabilities = dense.exp()
-        for k, plan in enumerate(plans):
-            with masked(model, plan, repairs, masks):
-                pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-            totals[k] += (probabilities * (dense - pruned)).sum()
-        positions += ids.numel()
+    with efficient_float32_attention():  # a search runs thousands of float32 forwards: the faster kernel
+        for i in range(0, len(windows), batch_size):
+            ids = windows[i : i + batch_size].to(device)
+            dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+            probabilities = dense.exp()
+            for k, plan in enumerate(plans):
+                with masked(model, plan, repairs, masks):
+                    pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                totals[k] += (probabilities * (dense - pruned)).sum()
+            positions += ids.numel()
     return totals.tolist(), positions
 
 
