@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from prunelight.cli import cli, one_line_error
+from prunelight.models.attention import efficient_float32_attention
 from prunelight.signals import Stopped, stop_on_signals
 from prunelight.tools import TOOLS, run_tool
 
@@ -22,11 +23,12 @@ def main(args: Any = None) -> None:
     ``report``, ``compare`` and ``experiment`` work on finished runs and grids of runs, not on a model and
     a trainer, so they are plain jsonargparse commands (:mod:`prunelight.tools`) dispatched before
     LightningCLI; every other subcommand is LightningCLI's. SIGINT and SIGTERM stop the run, remove what it
-    had written and exit 130 / 143 (:mod:`prunelight.signals`).
+    had written and exit 130 / 143 (:mod:`prunelight.signals`). Float32 attention with grouped key/value
+    heads takes the memory-efficient kernel throughout the run (:mod:`prunelight.models.attention`).
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        with stop_on_signals():
+        with stop_on_signals(), efficient_float32_attention():
             if argv and argv[0] in TOOLS:
                 run_tool(argv[0], argv[1:])
             else:

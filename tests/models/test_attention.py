@@ -54,3 +54,14 @@ def test_heads_are_expanded_only_for_unmasked_float32_cuda_attention_with_groups
     assert not expands_heads(query.half(), key.half(), None)
     assert not expands_heads(query, key, torch.zeros(1, 1, 8, 8))
     assert not expands_heads(query, query, None)
+
+
+def test_a_prunelight_run_computes_attention_through_the_expanding_sdpa(monkeypatch):
+    import prunelight.main
+
+    seen = []
+    monkeypatch.setattr(prunelight.main, "cli", lambda argv: seen.append(ALL_ATTENTION_FUNCTIONS["sdpa"]))
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    prunelight.main.main(["evaluate"])
+    assert len(seen) == 1 and seen[0] is not sdpa
+    assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa
