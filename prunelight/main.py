@@ -24,7 +24,9 @@ def main(args: Any = None) -> None:
     a trainer, so they are plain jsonargparse commands (:mod:`prunelight.tools`) dispatched before
     LightningCLI; every other subcommand is LightningCLI's. SIGINT and SIGTERM stop the run, remove what it
     had written and exit 130 / 143 (:mod:`prunelight.signals`). Float32 attention with grouped key/value
-    heads takes the memory-efficient kernel throughout the run (:mod:`prunelight.models.attention`).
+    heads takes the memory-efficient kernel throughout the run (:mod:`prunelight.models.attention`): in
+    this process and in the ranks Lightning's ``ddp`` launcher starts (they run this program again); a
+    ``ddp_spawn`` worker has it in its calibration and search, which enter it themselves.
     """
     argv = list(sys.argv[1:] if args is None else args)
     try:

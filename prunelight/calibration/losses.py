@@ -20,28 +20,38 @@ CHUNK_ELEMENTS = 2**26
 beside the logits and the gradient buffer."""
 
 
+def _gradient_slice(part: Tensor, target: Tensor, positions: int) -> Tensor:
+    """d nll / d logits of one slice, float32: ``softmax - one_hot(target)``, averaged over the window's
+    ``positions``."""
+    grad = torch.softmax(part, dim=-1)
+    grad.scatter_add_(-1, target.unsqueeze(-1), torch.full_like(grad[..., :1], -1.0))
+    return grad.div_(positions)
+
+
+def _nll(logits: Tensor, input_ids: Tensor, with_gradient: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-position NLL ``[batch, T-1]`` (float32) and, if asked, its gradient buffer in ``logits``' dtype."""
+    batch, length, vocab = logits.shape
+    targets = input_ids[:, 1:]
+    grad = torch.zeros_like(logits) if with_gradient else None
+    nll = torch.empty(batch, length - 1, dtype=torch.float32, device=logits.device)
+    step = max(1, CHUNK_ELEMENTS // (batch * vocab))
+    for start in range(0, length - 1, step):
+        end = min(start + step, length - 1)
+        part, target = logits[:, start:end].float(), targets[:, start:end]
+        nll[:, start:end] = F.cross_entropy(part.flatten(0, 1), target.flatten(), reduction="none").view(
+            batch, -1
+        )
+        if grad is not None:
+            grad[:, start:end] = _gradient_slice(part, target, length - 1)
+    return nll, grad
+
+
 class WindowNLL(torch.autograd.Function):
     """``nll[b] = mean over t < T-1 of -log softmax(logits[b, t])[ids[b, t+1]]``, in float32."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, input_ids: Tensor) -> Tensor:
-        batch, length, vocab = logits.shape
-        targets = input_ids[:, 1:]
-        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
-        nll = torch.empty(batch, length - 1, dtype=torch.float32, device=logits.device)
-        step = max(1, CHUNK_ELEMENTS // (batch * vocab))
-        for start in range(0, length - 1, step):
-            end = min(start + step, length - 1)
-            part = logits[:, start:end].float()
-            target = targets[:, start:end]
-            nll[:, start:end] = F.cross_entropy(part.flatten(0, 1), target.flatten(), reduction="none").view(
-                batch, -1
-            )
-            if grad is not None:
-                # d nll / d logits = softmax - one_hot(target), averaged over the window's positions
-                part = torch.softmax(part, dim=-1)
-                part.scatter_add_(-1, target.unsqueeze(-1), torch.full_like(part[..., :1], -1.0))
-                grad[:, start:end] = part.div_(length - 1)
+        nll, grad = _nll(logits, input_ids, with_gradient=ctx.needs_input_grad[0])
         ctx.save_for_backward(grad)
         return nll.mean(dim=1)
 
@@ -50,10 +60,14 @@ class WindowNLL(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         if grad is None:
             return None, None
-        # in place: the buffer is this graph's alone and a calibration backpropagates once
-        return grad.mul_(grad_output.to(grad.dtype).view(-1, 1, 1)), None
+        # in place (the buffer is this graph's alone; a second backward raises torch's in-place error), and
+        # in float32: the weights are not rounded to a half-precision buffer's dtype before the product
+        return grad.mul_(grad_output.view(-1, 1, 1)), None
 
 
 def window_losses(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """Mean next-token NLL of each window, in float32 whatever the model's dtype (:class:`WindowNLL`)."""
+    """Mean next-token NLL of each window, in float32 whatever the model's dtype (:class:`WindowNLL`); under
+    ``torch.no_grad()`` no gradient buffer is built."""
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return _nll(logits, input_ids, with_gradient=False)[0].mean(dim=1)
     return WindowNLL.apply(logits, input_ids)

@@ -113,7 +113,7 @@ def masked(
     finally:
         for handle in handles:
             handle.remove()
-        for layer, path, linear in swapped:
+        for layer, path, linear in reversed(swapped):
             replace_module(layer, path, linear)
 
 

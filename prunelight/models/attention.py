@@ -9,8 +9,10 @@ kernel; where that kernel refuses grouped heads, torch runs the math kernel, whi
 
 :func:`efficient_float32_attention` repeats the key/value heads first in exactly that case, decided once
 per head layout by asking torch whether the efficient kernel takes the grouped inputs and the expanded
-ones. The attention computed is the same; only the kernel differs. Nothing changes on a CPU, in half
-precision, with a mask (transformers repeats the heads itself then), or where the kernel takes the groups.
+ones, and then hands transformers' ``sdpa`` a view of the attention module with one group, so that it
+neither repeats the heads again nor asks for ``enable_gqa``. The attention computed is the same; only the
+kernel differs. Nothing changes on a CPU, in half precision, with a mask (transformers repeats the heads
+itself then), or where the kernel takes the groups.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+Decide = Callable[[Tensor, Tensor, Tensor | None], bool]
 _verdicts: dict[tuple[int | None, int, int, int], bool] = {}
 
 
 def efficient_kernel_refuses_groups(query: Tensor, key: Tensor) -> bool:
-    """True where torch's memory-efficient kernel takes these float32 inputs with their heads expanded but
-    not grouped. Asked once per device and head layout; False wherever torch cannot answer."""
+    """True where torch's memory-efficient CUDA kernel takes these inputs with their heads expanded but not
+    grouped. Asked once per device and head layout; False off CUDA and wherever torch cannot answer."""
+    if not query.is_cuda:
+        return False
     layout = (query.device.index, query.shape[1], key.shape[1], query.shape[-1])
     if layout not in _verdicts:
         try:
@@ -44,35 +48,51 @@ def efficient_kernel_refuses_groups(query: Tensor, key: Tensor) -> bool:
     return _verdicts[layout]
 
 
-def expands_heads(query: Tensor, key: Tensor, attention_mask: Tensor | None) -> bool:
-    """Whether this attention call should get its key/value heads repeated (the module docstring)."""
+def expands_heads(
+    query: Tensor,
+    key: Tensor,
+    attention_mask: Tensor | None,
+    refuses_groups: Callable[[Tensor, Tensor], bool] = efficient_kernel_refuses_groups,
+) -> bool:
+    """Whether this attention call gets its key/value heads repeated: float32, no mask, more than one query
+    position, grouped heads, and a kernel that ``refuses_groups`` (by default, torch's answer on CUDA)."""
     return (
-        query.is_cuda
-        and query.dtype == torch.float32
+        query.dtype == torch.float32
         and attention_mask is None
         and query.shape[2] > 1
         and key.shape[1] != query.shape[1]
-        and efficient_kernel_refuses_groups(query, key)
+        and refuses_groups(query, key)
     )
 
 
-def _expanding(sdpa: Callable[..., Any], decide: Callable[[Tensor, Tensor, Tensor | None], bool]) -> Callable:
+class _OneGroup:
+    """The attention module as transformers' ``sdpa`` reads it, with its key/value heads already repeated."""
+
+    num_key_value_groups = 1
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def _expanding(sdpa: Callable[..., Any], decide: Decide) -> Callable[..., Any]:
     def attention(module, query, key, value, attention_mask, **kwargs):
         if decide(query, key, attention_mask):
             groups = query.shape[1] // key.shape[1]
-            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+            key, value, module = repeat_kv(key, groups), repeat_kv(value, groups), _OneGroup(module)
         return sdpa(module, query, key, value, attention_mask, **kwargs)
 
     return attention
 
 
 @contextmanager
-def efficient_float32_attention(
-    decide: Callable[[Tensor, Tensor, Tensor | None], bool] = expands_heads,
-) -> Iterator[None]:
+def efficient_float32_attention(decide: Decide = expands_heads) -> Iterator[None]:
     """While the context lasts, every model's ``sdpa`` attention repeats grouped key/value heads where
-    ``decide`` says so (by default :func:`expands_heads`); transformers' own function is restored after."""
-    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    ``decide`` says so (by default :func:`expands_heads`); transformers' own function is restored after.
+    Contexts nest: an inner one sees the heads already repeated and passes them on."""
+    sdpa = AttentionInterface._global_mapping["sdpa"]  # what register() replaces, and what is put back
     AttentionInterface.register("sdpa", _expanding(sdpa, decide))
     try:
         yield

@@ -43,11 +43,11 @@ def test_values_and_gradients_equal_cross_entropy(monkeypatch, chunk):
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_bfloat16_logits_get_a_bfloat16_gradient_of_the_float32_loss():
+def test_bfloat16_logits_get_the_float32_loss_and_a_gradient_within_bfloat16_rounding():
     hidden, head, ids, weights = case(torch.bfloat16)
     nll, grad = grad_of(window_losses, hidden, head, ids, weights)
     expected_nll, expected_grad = grad_of(reference, hidden, head, ids, weights)
-    assert nll.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert nll.dtype == torch.float32
     torch.testing.assert_close(nll, expected_nll, rtol=0, atol=0)
     torch.testing.assert_close(grad, expected_grad, rtol=2e-2, atol=1e-3)
 
@@ -75,9 +75,14 @@ def test_the_backward_keeps_one_buffer_of_the_logits_size_not_two():
     assert theirs >= 1.8 * size  # the shifted copy and its log-softmax: what this loss exists to avoid
 
 
-def test_without_gradients_no_buffer_is_built():
+def test_without_gradients_no_gradient_is_computed(monkeypatch):
+    slices = []
+    gradient_slice = losses._gradient_slice
+    monkeypatch.setattr(losses, "_gradient_slice", lambda *a: slices.append(1) or gradient_slice(*a))
     hidden, head, ids, _ = case()
+    logits = hidden @ head.T  # requires grad
     with torch.no_grad():
-        logits = hidden @ head.T
         torch.testing.assert_close(window_losses(logits, ids), reference(logits, ids), rtol=0, atol=0)
-    assert saved_bytes(window_losses, logits.detach(), ids) == 0
+    assert not slices
+    window_losses(logits, ids)
+    assert slices  # the same call with gradients on builds them

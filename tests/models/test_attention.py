@@ -48,12 +48,33 @@ def test_the_context_restores_transformers_sdpa_even_after_an_error():
     assert ALL_ATTENTION_FUNCTIONS["sdpa"] is sdpa
 
 
-def test_heads_are_expanded_only_for_unmasked_float32_cuda_attention_with_groups():
+def test_heads_are_expanded_only_for_unmasked_float32_attention_with_groups_that_the_kernel_refuses():
     query, key = torch.zeros(1, 4, 8, 16), torch.zeros(1, 2, 8, 16)
-    assert not expands_heads(query, key, None)  # on a CPU: no efficient kernel to win
-    assert not expands_heads(query.half(), key.half(), None)
-    assert not expands_heads(query, key, torch.zeros(1, 1, 8, 8))
-    assert not expands_heads(query, query, None)
+
+    def refuses(q, k) -> bool:
+        return True
+
+    assert expands_heads(query, key, None, refuses)
+    assert not expands_heads(query.half(), key.half(), None, refuses)
+    assert not expands_heads(query, key, torch.zeros(1, 1, 8, 8), refuses)
+    assert not expands_heads(query, query, None, refuses)
+    assert not expands_heads(query[:, :, :1], key, None, refuses)  # one query position: decoding
+    assert not expands_heads(query, key, None, lambda q, k: False)
+    assert not expands_heads(query, key, None)  # on a CPU torch is not even asked: no efficient kernel
+
+
+@pytest.mark.parametrize("head_dim", [8, 320])  # 320: past the head size transformers hands to enable_gqa
+def test_nested_contexts_repeat_the_heads_once(head_dim):
+    model = make_model("qwen3", head_dim=head_dim)
+    ids = tokens(batch=2)
+    expected = logits_and_grads(model, ids)[0]
+
+    def always(query, key, mask) -> bool:
+        return mask is None and key.shape[1] != query.shape[1]
+
+    with efficient_float32_attention(always), efficient_float32_attention(always):
+        got = logits_and_grads(model, ids)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_prunelight_run_computes_attention_through_the_expanding_sdpa(monkeypatch):
