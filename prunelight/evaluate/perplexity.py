@@ -2,10 +2,11 @@
 
 Sums are kept in float64 and reduced with ``sum`` across processes, so N ranks that score disjoint shares
 of the windows (:mod:`prunelight.data.batches`) give the number of one process. Each batch adds one float32
-NLL sum, the same number on any rank as on one process (the same windows in the same batch); float64 adds
-float32 values without rounding while their exact sum fits its 53 bits (24 per value, plus their spread in
-powers of two and log2 of their count: any realistic evaluation), so the order in which the ranks' sums are
-added does not change the result, which is then bitwise that of one process.
+NLL sum per slice of positions, the same numbers on any rank as on one process (the same windows in the
+same batch, sliced the same way); float64 adds float32 values without rounding while their exact sum fits
+its 53 bits (24 per value, plus their spread in powers of two and log2 of their count: any realistic
+evaluation), so the order in which the ranks' sums are added does not change the result, which is then
+bitwise that of one process.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from prunelight.data.batches import IGNORE_INDEX
+
+SLICE_ELEMENTS = 2**26
+"""Logits scored at once (256 MiB in float32): the shifted, flattened float32 copy and the log-softmax that
+``cross_entropy`` makes are of one slice, not of the batch's logits (10 GB each for a 152k vocabulary at
+8 x 2048 tokens)."""
 
 
 class Perplexity(Metric):
@@ -43,14 +49,16 @@ class Perplexity(Metric):
         if logits.shape[:2] != labels.shape:
             raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
         targets = labels[:, 1:]
-        nll = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(),
-            targets.flatten(),
-            reduction="sum",
-            ignore_index=self.ignore_index,
-        )
+        batch, length, vocab = logits.shape
+        step = max(1, SLICE_ELEMENTS // (batch * vocab))
+        for start in range(0, length - 1, step):  # a slice of positions at a time: no copy of all the logits
+            end = min(start + step, length - 1)
+            part, target = logits[:, start:end], targets[:, start:end]
+            nll = F.cross_entropy(
+                part.flatten(0, 1).float(), target.flatten(), reduction="sum", ignore_index=self.ignore_index
+            )
+            self.nll_sum += nll.double()
         scored = targets != self.ignore_index
-        self.nll_sum += nll.double()
         self.tokens += scored.sum()
         self.windows += scored.any(dim=1).sum()
 

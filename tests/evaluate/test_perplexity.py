@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from prunelight.data import evaluation_windows
 from prunelight.data.datamodule import PerplexityDataModule
 from prunelight.errors import ConfigError
-from prunelight.evaluate import Perplexity, PerplexityModule
+from prunelight.evaluate import Perplexity, PerplexityModule, perplexity
 from prunelight.models import load
 from prunelight.trainer import PrunelightTrainer
 
@@ -27,7 +27,9 @@ def _hand_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     return total, count
 
 
-def test_metric_is_exp_mean_nll_by_hand():
+@pytest.mark.parametrize("slice_elements", [1, 3 * 2 * 17, 2**26])  # a position a slice, 3 (uneven), all
+def test_metric_is_exp_mean_nll_by_hand(monkeypatch, slice_elements):
+    monkeypatch.setattr(perplexity, "SLICE_ELEMENTS", slice_elements)
     torch.manual_seed(0)
     metric = Perplexity()
     total, count = 0.0, 0
@@ -41,11 +43,16 @@ def test_metric_is_exp_mean_nll_by_hand():
     assert metric.compute().item() == pytest.approx(math.exp(total / count), rel=1e-6)
 
 
-def test_metric_skips_ignored_labels():
+@pytest.mark.parametrize("slice_elements", [1, 2**26])
+def test_metric_skips_ignored_labels(monkeypatch, slice_elements):
+    monkeypatch.setattr(perplexity, "SLICE_ELEMENTS", slice_elements)
     logits, ids = torch.randn(1, 5, 7), torch.tensor([[1, 2, -100, 3, 4]])
     metric = Perplexity()
     metric.update(logits, ids)
     assert metric.summary()["tokens_scored"] == 3
+    kept = [(t, ids[0, t + 1]) for t in range(4) if ids[0, t + 1] != -100]
+    nll = sum(float(torch.logsumexp(logits[0, t].double(), 0) - logits[0, t, i].double()) for t, i in kept)
+    assert metric.summary()["nll_mean"] == pytest.approx(nll / 3, rel=1e-6)
 
 
 def test_padding_batches_add_nothing_and_every_batch_runs_once():
