@@ -222,13 +222,30 @@ def kl_sums(
         for i in range(0, len(windows), batch_size):
             ids = windows[i : i + batch_size].to(device)
             dense = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-            probabilities = dense.exp()
             for k, plan in enumerate(plans):
                 with masked(model, plan, repairs, masks):
-                    pruned = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
-                totals[k] += (probabilities * (dense - pruned)).sum()
+                    logits = model(input_ids=ids, use_cache=False).logits
+                totals[k] += _kl_sum(dense, logits)
             positions += ids.numel()
     return totals.tolist(), positions
+
+
+KL_SLICE_ELEMENTS = 2**26
+"""Logits compared at once (256 MiB in float32): besides the dense log-probabilities and one candidate's
+logits, a search holds the temporaries of one slice of positions, not four more tensors of the whole
+batch's logits (17 GB each for Gemma-3's 262k vocabulary at 8 x 2048 tokens)."""
+
+
+def _kl_sum(dense: Tensor, logits: Tensor) -> Tensor:
+    """Sum over every position of KL(dense || softmax(logits)), a slice of positions at a time, in float64."""
+    batch, length, vocab = logits.shape
+    step = max(1, KL_SLICE_ELEMENTS // (batch * vocab))
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for start in range(0, length, step):
+        reference = dense[:, start : start + step]
+        candidate = torch.log_softmax(logits[:, start : start + step].float(), dim=-1)
+        total += (reference.exp() * (reference - candidate)).sum().double()
+    return total
 
 
 def kl_to_dense(
