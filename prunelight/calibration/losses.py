@@ -15,9 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CHUNK_ELEMENTS = 2**26
-"""Logit elements per slice (256 MiB in float32): the float32 softmax of one slice is all that is held
-beside the logits and the gradient buffer."""
+from prunelight.models.logits import position_slices
 
 
 def _gradient_slice(part: Tensor, target: Tensor, positions: int) -> Tensor:
@@ -34,15 +32,11 @@ def _nll(logits: Tensor, input_ids: Tensor, with_gradient: bool) -> tuple[Tensor
     targets = input_ids[:, 1:]
     grad = torch.zeros_like(logits) if with_gradient else None
     nll = torch.empty(batch, length - 1, dtype=torch.float32, device=logits.device)
-    step = max(1, CHUNK_ELEMENTS // (batch * vocab))
-    for start in range(0, length - 1, step):
-        end = min(start + step, length - 1)
-        part, target = logits[:, start:end].float(), targets[:, start:end]
-        nll[:, start:end] = F.cross_entropy(part.flatten(0, 1), target.flatten(), reduction="none").view(
-            batch, -1
-        )
+    for at in position_slices(batch, length - 1, vocab):
+        part, target = logits[:, at].float(), targets[:, at]
+        nll[:, at] = F.cross_entropy(part.flatten(0, 1), target.flatten(), reduction="none").view(batch, -1)
         if grad is not None:
-            grad[:, start:end] = _gradient_slice(part, target, length - 1)
+            grad[:, at] = _gradient_slice(part, target, length - 1)
     return nll, grad
 
 

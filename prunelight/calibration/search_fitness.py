@@ -31,6 +31,7 @@ from prunelight.calibration.reconstruct import InputSums, Reconstruction
 from prunelight.errors import ConfigError
 from prunelight.models import adapter_for
 from prunelight.models.attention import efficient_float32_attention
+from prunelight.models.logits import position_slices
 from prunelight.ranking import GroupTable, PruningPlan, RankingConfig, RankingResult, rank
 from prunelight.ranking.rank import layer_constraints
 from prunelight.ranking.search import (
@@ -230,20 +231,13 @@ def kl_sums(
     return totals.tolist(), positions
 
 
-KL_SLICE_ELEMENTS = 2**26
-"""Logits compared at once (256 MiB in float32): besides the dense log-probabilities and one candidate's
-logits, a search holds the temporaries of one slice of positions, not four more tensors of the whole
-batch's logits (17 GB each for Gemma-3's 262k vocabulary at 8 x 2048 tokens)."""
-
-
 def _kl_sum(dense: Tensor, logits: Tensor) -> Tensor:
-    """Sum over every position of KL(dense || softmax(logits)), a slice of positions at a time, in float64."""
-    batch, length, vocab = logits.shape
-    step = max(1, KL_SLICE_ELEMENTS // (batch * vocab))
+    """Sum over every position of KL(dense || softmax(logits)), in float64. A slice of positions at a time:
+    besides the dense log-probabilities and the candidate's logits, a search holds one slice's temporaries,
+    not four more tensors of the batch's logits (17 GB each for Gemma-3's 262k vocabulary at 8 x 2048)."""
     total = torch.zeros((), dtype=torch.float64, device=logits.device)
-    for start in range(0, length, step):
-        reference = dense[:, start : start + step]
-        candidate = torch.log_softmax(logits[:, start : start + step].float(), dim=-1)
+    for at in position_slices(*logits.shape):
+        reference, candidate = dense[:, at], torch.log_softmax(logits[:, at].float(), dim=-1)
         total += (reference.exp() * (reference - candidate)).sum().double()
     return total
 

@@ -18,11 +18,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from prunelight.data.batches import IGNORE_INDEX
-
-SLICE_ELEMENTS = 2**26
-"""Logits scored at once (256 MiB in float32): the shifted, flattened float32 copy and the log-softmax that
-``cross_entropy`` makes are of one slice, not of the batch's logits (10 GB each for a 152k vocabulary at
-8 x 2048 tokens)."""
+from prunelight.models.logits import position_slices
 
 
 class Perplexity(Metric):
@@ -50,12 +46,12 @@ class Perplexity(Metric):
             raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
         targets = labels[:, 1:]
         batch, length, vocab = logits.shape
-        step = max(1, SLICE_ELEMENTS // (batch * vocab))
-        for start in range(0, length - 1, step):  # a slice of positions at a time: no copy of all the logits
-            end = min(start + step, length - 1)
-            part, target = logits[:, start:end], targets[:, start:end]
+        for at in position_slices(batch, length - 1, vocab):  # cross_entropy's copies are of one slice
             nll = F.cross_entropy(
-                part.flatten(0, 1).float(), target.flatten(), reduction="sum", ignore_index=self.ignore_index
+                logits[:, at].flatten(0, 1).float(),
+                targets[:, at].flatten(),
+                reduction="sum",
+                ignore_index=self.ignore_index,
             )
             self.nll_sum += nll.double()
         scored = targets != self.ignore_index

@@ -34,7 +34,7 @@ def grad_of(loss_fn, hidden, head, ids, weights) -> tuple[torch.Tensor, torch.Te
 
 @pytest.mark.parametrize("chunk", [37, 3 * 37 * 4, 2**26])  # 1 position a slice, uneven, one slice
 def test_values_and_gradients_equal_cross_entropy(monkeypatch, chunk):
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr("prunelight.models.logits.SLICE_ELEMENTS", chunk)
     hidden, head, ids, weights = case()
     nll, grad = grad_of(window_losses, hidden, head, ids, weights)
     expected_nll, expected_grad = grad_of(reference, hidden, head, ids, weights)

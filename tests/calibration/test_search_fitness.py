@@ -13,7 +13,6 @@ from conftest import FAMILY_CONFIGS, logits, make_model, tokens
 from prunelight.apply import apply_plan
 from prunelight.apply.reconstruction import input_moments, lsq_refit
 from prunelight.apply.structured import kept_columns
-from prunelight.calibration import search_fitness
 from prunelight.calibration.reconstruct import LeastSquares
 from prunelight.calibration.search_fitness import KLFitness, LevelRepairs, kl_to_dense, masked
 from prunelight.importance.groups import structure_table
@@ -50,7 +49,7 @@ def setup(family: str, layers: int = 3, levels: int = 4):
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 @pytest.mark.parametrize("slice_elements", [1, 2**26])  # a position at a time, or the whole batch at once
 def test_fitness_equals_the_kl_of_the_assembled_pruned_model(family, slice_elements, monkeypatch):
-    monkeypatch.setattr(search_fitness, "KL_SLICE_ELEMENTS", slice_elements)
+    monkeypatch.setattr("prunelight.models.logits.SLICE_ELEMENTS", slice_elements)
     model, table, ladders, orders = setup(family)
     genome = {"attention": (1, 0, 1), "mlp": tuple(min(2, t) for t in ladders["mlp"].top)}
     plan = genome_plan(genome, ladders, orders, table.num_layers)

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from prunelight.data import evaluation_windows
 from prunelight.data.datamodule import PerplexityDataModule
 from prunelight.errors import ConfigError
-from prunelight.evaluate import Perplexity, PerplexityModule, perplexity
+from prunelight.evaluate import Perplexity, PerplexityModule
 from prunelight.models import load
 from prunelight.trainer import PrunelightTrainer
 
@@ -29,7 +29,7 @@ def _hand_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
 
 @pytest.mark.parametrize("slice_elements", [1, 3 * 2 * 17, 2**26])  # a position a slice, 3 (uneven), all
 def test_metric_is_exp_mean_nll_by_hand(monkeypatch, slice_elements):
-    monkeypatch.setattr(perplexity, "SLICE_ELEMENTS", slice_elements)
+    monkeypatch.setattr("prunelight.models.logits.SLICE_ELEMENTS", slice_elements)
     torch.manual_seed(0)
     metric = Perplexity()
     total, count = 0.0, 0
@@ -45,7 +45,7 @@ def test_metric_is_exp_mean_nll_by_hand(monkeypatch, slice_elements):
 
 @pytest.mark.parametrize("slice_elements", [1, 2**26])
 def test_metric_skips_ignored_labels(monkeypatch, slice_elements):
-    monkeypatch.setattr(perplexity, "SLICE_ELEMENTS", slice_elements)
+    monkeypatch.setattr("prunelight.models.logits.SLICE_ELEMENTS", slice_elements)
     logits, ids = torch.randn(1, 5, 7), torch.tensor([[1, 2, -100, 3, 4]])
     metric = Perplexity()
     metric.update(logits, ids)
