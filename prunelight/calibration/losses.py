@@ -1,12 +1,13 @@
 """The calibration's loss: the mean next-token NLL of each window, with a gradient that costs one copy of
-the logits instead of four.
+the logits instead of three.
 
 A gradient calibration backpropagates the windows' loss through logits of ``batch x seqlen x vocab``:
 10 GB in float32 for Qwen2.5's 152k vocabulary at 8 x 2048 tokens. ``F.cross_entropy`` on them keeps a
-flattened copy of the shifted logits and their log-softmax for the backward, and the backward then
-builds two gradients of that size: about four copies beside the logits themselves. :class:`WindowNLL`
-computes the loss and its gradient together, a slice of positions at a time, into one buffer, and the
-backward only scales that buffer by the windows' weights.
+flattened copy of the shifted logits and their log-softmax for the backward, and the backward builds
+gradients of that size (measured on a CPU, 2 x 2048 x 152k logits from a linear layer: a peak of 4.0 times
+the logits' size, against 2.3 times here). :class:`WindowNLL` computes the loss and its gradient together,
+a slice of positions at a time, into one buffer, and the backward only scales that buffer by the windows'
+weights.
 """
 
 from __future__ import annotations
