@@ -126,17 +126,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def shape_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options of a benchmark on random weights of a model's shape: which shape, how deep, which
+    windows, where."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(MODEL_SHAPES), default="smollm2-135m")
     parser.add_argument("--layers", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def main() -> None:
+    parser = shape_arguments(__doc__)
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated row names")
     parser.add_argument("--row", choices=sorted(ROWS), help=argparse.SUPPRESS)  # one row, in a child process
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.row:
         print(json.dumps(run_row(args)))

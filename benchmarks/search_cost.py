@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibration_memory import MODEL_SHAPES, build  # noqa: E402
+from calibration_memory import _sync, build, shape_arguments  # noqa: E402
 
 from prunelight.calibration.reconstruct import reconstruction_named  # noqa: E402
 from prunelight.calibration.search_fitness import KLFitness, LevelRepairs  # noqa: E402
@@ -32,22 +32,10 @@ from prunelight.ranking.allocation import Constraints  # noqa: E402
 from prunelight.ranking.search import SearchSettings, genome_plan, group_order, ladder_for, search  # noqa: E402
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--shape", choices=sorted(MODEL_SHAPES), default="smollm2-135m")
-    parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--seqlen", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser = shape_arguments(__doc__)
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--repair", choices=["none", "lsq"], default="none")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     windows = 24  # the pool: stages draw 4 and 16 of them
     model, _ = build(argparse.Namespace(**{**vars(args), "batch_size": windows}))
