@@ -42,7 +42,7 @@ from calibration_cost import SHAPES  # noqa: E402
 
 from prunelight.calibration.losses import window_losses  # noqa: E402
 from prunelight.measure import peak_memory, reset_peak_memory  # noqa: E402
-from prunelight.models.attention import efficient_float32_attention  # noqa: E402
+from prunelight.models.attention import efficient_float32_attention, efficient_kernel_answers  # noqa: E402
 
 MODEL_SHAPES = {
     **SHAPES,
@@ -65,13 +65,9 @@ def efficient_kernel_verdict(config, batch: int, seqlen: int, device: torch.devi
         return "no CUDA device: the efficient kernel is CUDA's"
     dim = config.hidden_size // config.num_attention_heads
     q = torch.empty(batch, config.num_attention_heads, seqlen, dim, device=device, requires_grad=True)
-    grouped = torch.empty(batch, config.num_key_value_heads, seqlen, dim, device=device, requires_grad=True)
-    expanded = torch.empty_like(q, requires_grad=True)
-    answers = []
-    for name, kv in (("grouped (enable_gqa)", grouped), ("expanded", expanded)):
-        params = torch.backends.cuda.SDPAParams(q, kv, kv, None, 0.0, True, True)
-        answers.append(f"{name}: {torch.backends.cuda.can_use_efficient_attention(params, True)}")
-    return "; ".join(answers)
+    kv = torch.empty(batch, config.num_key_value_heads, seqlen, dim, device=device, requires_grad=True)
+    grouped, expanded = efficient_kernel_answers(q, kv, debug=True)
+    return f"grouped (enable_gqa): {grouped}; expanded: {expanded}"
 
 
 ROWS = {

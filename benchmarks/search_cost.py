@@ -38,12 +38,9 @@ def main() -> None:
     parser.add_argument("--repair", choices=["none", "lsq"], default="none")
     args = parser.parse_args()
     windows = 24  # the pool: stages draw 4 and 16 of them
-    model, _ = build(argparse.Namespace(**{**vars(args), "batch_size": windows}))
+    model, ids = build(argparse.Namespace(**{**vars(args), "batch_size": windows}))
     model.eval()
-    device = next(model.parameters()).device
-    ids = torch.randint(
-        0, model.config.vocab_size, (windows, args.seqlen), generator=torch.Generator().manual_seed(1)
-    )
+    device = ids.device
 
     table = structure_table(model, adapter_for(model), seed=3)
     ladders = {kind: ladder_for(table, kind, 10, Constraints(max_rate=0.8)) for kind in ("attention", "mlp")}
@@ -71,7 +68,7 @@ def main() -> None:
         return genome_plan(genome, ladders, orders, table.num_layers)
 
     fitness = KLFitness(model, ids, settings.stage_windows, plan_of, args.batch_size, repairs=repairs)
-    handle = model.model.embed_tokens.register_forward_hook(count)
+    handle = model.get_input_embeddings().register_forward_hook(count)
     _sync(device)
     start = time.perf_counter()
     result = search(ladders, targets, seeds, fitness, settings, lambda entry: None)

@@ -30,6 +30,17 @@ Decide = Callable[[Tensor, Tensor, Tensor | None], bool]
 _verdicts: dict[tuple[int | None, int, int, int], bool] = {}
 
 
+def efficient_kernel_answers(query: Tensor, key: Tensor, debug: bool = False) -> tuple[bool, bool]:
+    """Whether torch's memory-efficient CUDA kernel takes causal ``query``/``key`` inputs with grouped
+    key/value heads (``enable_gqa``), and with the heads expanded to the query's; ``debug`` has torch warn
+    why not. Raises AttributeError/TypeError on a torch without these checks."""
+    params = torch.backends.cuda.SDPAParams
+    can_use = torch.backends.cuda.can_use_efficient_attention
+    grouped = can_use(params(query, key, key, None, 0.0, True, True), debug)
+    expanded = can_use(params(query, query, query, None, 0.0, True, False), debug)
+    return bool(grouped), bool(expanded)
+
+
 def efficient_kernel_refuses_groups(query: Tensor, key: Tensor) -> bool:
     """True where torch's memory-efficient CUDA kernel takes these inputs with their heads expanded but not
     grouped. Asked once per device and head layout; False off CUDA and wherever torch cannot answer."""
@@ -38,11 +49,8 @@ def efficient_kernel_refuses_groups(query: Tensor, key: Tensor) -> bool:
     layout = (query.device.index, query.shape[1], key.shape[1], query.shape[-1])
     if layout not in _verdicts:
         try:
-            params = torch.backends.cuda.SDPAParams
-            can_use = torch.backends.cuda.can_use_efficient_attention
-            grouped = can_use(params(query, key, key, None, 0.0, True, True), False)
-            expanded = can_use(params(query, query, query, None, 0.0, True, False), False)
-            _verdicts[layout] = bool(expanded and not grouped)
+            grouped, expanded = efficient_kernel_answers(query, key)
+            _verdicts[layout] = expanded and not grouped
         except (AttributeError, TypeError, RuntimeError):  # an older torch without these checks
             _verdicts[layout] = False
     return _verdicts[layout]
@@ -84,6 +92,7 @@ def _expanding(sdpa: Callable[..., Any], decide: Decide) -> Callable[..., Any]:
             key, value, module = repeat_kv(key, groups), repeat_kv(value, groups), _OneGroup(module)
         return sdpa(module, query, key, value, attention_mask, **kwargs)
 
+    attention.expands_with = decide  # type: ignore[attr-defined]
     return attention
 
 
@@ -91,8 +100,12 @@ def _expanding(sdpa: Callable[..., Any], decide: Decide) -> Callable[..., Any]:
 def efficient_float32_attention(decide: Decide = expands_heads) -> Iterator[None]:
     """While the context lasts, every model's ``sdpa`` attention repeats grouped key/value heads where
     ``decide`` says so (by default :func:`expands_heads`); transformers' own function is restored after.
-    Contexts nest: an inner one sees the heads already repeated and passes them on."""
+    Inside a context with the same ``decide`` (a calibration in a ``prunelight`` run) it changes nothing;
+    other contexts nest: an inner one sees the heads already repeated and passes them on."""
     sdpa = AttentionInterface._global_mapping["sdpa"]  # what register() replaces, and what is put back
+    if getattr(sdpa, "expands_with", None) is decide:
+        yield
+        return
     AttentionInterface.register("sdpa", _expanding(sdpa, decide))
     try:
         yield
