@@ -7,9 +7,15 @@ run's criterion), and its fitness is how far the model assembled from those leve
 model (KL divergence of the next-token distributions). This module is the search alone, on genomes and
 a fitness function it is given, so it knows nothing of models and is tested against an exhaustive search.
 
-- **Budget.** Each kind keeps the removed parameters of its seed: a candidate is feasible when it removes
-  at least ``target[kind]`` parameters. Moves trade one level between two layers of a kind, so the total
-  stays within one level's parameters of the target, and an infeasible move is never taken.
+- **Budget.** With ``budget: per_kind`` (the default) each kind keeps the removed parameters of its seed: a
+  candidate is feasible when it removes at least ``target[kind]`` parameters. Moves trade one level
+  between two layers of a kind, so the total stays within one level's parameters of the target, and an
+  infeasible move is never taken. With ``budget: joint`` only the sum counts: a candidate removes at least
+  the sum of the targets, and a move may trade a level of one kind for a level of the other (attention
+  for MLP channels), which lets a model whose attention has few groups per layer (Qwen2.5-0.5B: two) keep
+  attention where it matters and pay in channels. Levels of the two kinds differ in size, so after each
+  move levels are lowered elsewhere while the sum still holds: a candidate never removes a whole level
+  more than it must.
 - **Search.** A (1 + offspring) evolution strategy: each generation mutates the parent ``offspring`` times
   (1 to ``max_switches`` level switches each), then selects in stages, each stage's fitness on more tokens
   than the last (``survivors`` of each stage go on); the last stage compares the best offspring with the
@@ -23,6 +29,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from prunelight.errors import ConfigError
 from prunelight.ranking.allocation import Constraints
@@ -102,14 +109,14 @@ class Ladder:
             down = [
                 i
                 for i in range(self.num_layers)
-                if levels[i] > self.floor[i] and self.removed(levels) - self._step(i, levels[i] - 1) >= target
+                if levels[i] > self.floor[i] and self.removed(levels) - self.step(i, levels[i] - 1) >= target
             ]
             if not down:
                 return tuple(levels)
             i = max(down, key=lambda i: (self.counts[i][levels[i]] - want[i], -i))
             levels[i] -= 1
 
-    def _step(self, layer: int, level: int) -> int:
+    def step(self, layer: int, level: int) -> int:
         """Parameters between ``level`` and ``level + 1`` of ``layer``."""
         counts = self.counts[layer]
         return (counts[level + 1] - counts[level]) * self.params[layer]
@@ -131,6 +138,9 @@ class SearchSettings:
         holdout_windows: the last calibration windows, never searched on: the seeds and the found
             allocation are compared on them, and the best is the plan.
         seed: the search's random seed (mutations and the windows each stage draws).
+        budget: ``per_kind``: every kind removes its own share of the target, as the ranking's other
+            allocations do; ``joint``: only the total counts, and the search may move budget between
+            attention and MLP (see the module's docstring).
     """
 
     levels: int = 10
@@ -141,6 +151,7 @@ class SearchSettings:
     survivors: tuple[int, ...] = (4,)
     holdout_windows: int = 8
     seed: int = 0
+    budget: Literal["per_kind", "joint"] = "per_kind"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "survivors", tuple(int(s) for s in self.survivors))
@@ -166,6 +177,8 @@ class SearchSettings:
             )
         if self.holdout_windows < 1:
             raise ConfigError(f"search.holdout_windows must be at least 1, got {self.holdout_windows}")
+        if self.budget not in ("per_kind", "joint"):
+            raise ConfigError(f"search.budget must be per_kind or joint, got {self.budget!r}")
 
     @property
     def stages(self) -> int:
@@ -203,18 +216,22 @@ def search(
     settings: SearchSettings,
     on_generation: Callable[[dict], None] | None = None,
 ) -> SearchResult:
-    """Evolve one level per layer and kind, removing at least ``targets[kind]`` parameters of each kind,
-    from the best of ``seeds`` (each already a feasible ladder point, e.g. from :meth:`Ladder.nearest`);
-    ``on_generation`` gets each generation's history entry (for a progress bar)."""
+    """Evolve one level per layer and kind, removing at least ``targets[kind]`` parameters of each kind
+    (with ``settings.budget == "joint"``: at least their sum), from the best of ``seeds`` (each already a
+    feasible ladder point, e.g. from :meth:`Ladder.nearest`); ``on_generation`` gets each generation's
+    history entry (for a progress bar)."""
     if not seeds:
         raise ValueError("search needs at least one seed genome")
+    budget = Budget(ladders, targets, settings.budget)
     for name, genome in seeds.items():
         for kind, ladder in ladders.items():
             levels = genome[kind]
-            if ladder.removed(levels) < targets[kind] or any(
+            if (settings.budget == "per_kind" and ladder.removed(levels) < targets[kind]) or any(
                 not low <= j <= high for j, low, high in zip(levels, ladder.floor, ladder.top, strict=True)
             ):
                 raise ValueError(f"seed {name!r} is not a feasible {kind} ladder point")
+        if not budget.holds(genome):
+            raise ValueError(f"seed {name!r} removes fewer parameters than the targets' sum {budget.total}")
     rng = random.Random(settings.seed)
     last = settings.stages - 1
     count = 0
@@ -233,7 +250,7 @@ def search(
     parent, parent_fitness = dict(seeds[start]), seed_fitness[start]
     history: list[dict] = []
     for generation in range(1, settings.generations + 1):
-        pool = _offspring(parent, ladders, targets, settings, rng)
+        pool = _offspring(parent, budget, settings, rng)
         for stage, keep in enumerate(settings.survivors):
             values = scores(pool, stage, generation)
             order = sorted(range(len(pool)), key=lambda i: (values[i], _key(pool[i])))
@@ -263,20 +280,40 @@ def _key(genome: Genome) -> tuple[tuple[int, ...], ...]:
     return tuple(genome[kind] for kind in sorted(genome))
 
 
-def _offspring(
-    parent: Genome,
-    ladders: Mapping[str, Ladder],
-    targets: Mapping[str, int],
-    settings: SearchSettings,
-    rng: random.Random,
-) -> list[Genome]:
+@dataclass(frozen=True)
+class Budget:
+    """Which genomes are feasible: each kind's removal at least its target, or (``joint``) their sum at
+    least the targets' sum."""
+
+    ladders: Mapping[str, Ladder]
+    targets: Mapping[str, int]
+    mode: str = "per_kind"
+
+    @property
+    def total(self) -> int:
+        return sum(self.targets[kind] for kind in self.ladders)
+
+    def slack(self, genome: Mapping[str, Sequence[int]]) -> int:
+        """Parameters removed beyond the targets' sum."""
+        return sum(ladder.removed(genome[kind]) for kind, ladder in self.ladders.items()) - self.total
+
+    def holds(self, genome: Mapping[str, Sequence[int]]) -> bool:
+        if self.mode == "joint":
+            return self.slack(genome) >= 0
+        return all(ladder.removed(genome[k]) >= self.targets[k] for k, ladder in self.ladders.items())
+
+
+def _offspring(parent: Genome, budget: Budget, settings: SearchSettings, rng: random.Random) -> list[Genome]:
     """Distinct feasible mutants of the parent (fewer when the ladder leaves few moves)."""
     seen = {_key(parent)}
     children: list[Genome] = []
     for _ in range(settings.offspring * 4):  # a small ladder may not hold `offspring` distinct mutants
         child = {kind: list(levels) for kind, levels in parent.items()}
         for _ in range(rng.randint(1, settings.max_switches)):
-            _switch(child, ladders, targets, rng)
+            if budget.mode == "joint":
+                _switch_joint(child, budget, rng)
+            else:
+                _switch(child, budget.ladders, budget.targets, rng)
         genome = {kind: tuple(levels) for kind, levels in child.items()}
         if _key(genome) not in seen:
             seen.add(_key(genome))
@@ -304,6 +341,46 @@ def _switch(
     if ladder.removed(levels) < targets[kind]:
         levels[a] -= 1
         levels[b] += 1
+
+
+def _switch_joint(child: dict[str, list[int]], budget: Budget, rng: random.Random) -> None:
+    """One level up and one down in any two (kind, layer) places, if the sum still holds; then levels
+    lowered elsewhere, in random order, while it holds (:func:`_trim`)."""
+    ladders = budget.ladders
+    places = [(kind, layer) for kind in sorted(ladders) for layer in range(ladders[kind].num_layers)]
+    up = [(k, i) for k, i in places if child[k][i] < ladders[k].top[i]]
+    down = [(k, i) for k, i in places if child[k][i] > ladders[k].floor[i]]
+    if not up or not down:
+        return
+    a, b = rng.choice(up), rng.choice(down)
+    if a == b:
+        return
+    child[a[0]][a[1]] += 1
+    child[b[0]][b[1]] -= 1
+    if budget.slack(child) < 0:
+        child[a[0]][a[1]] -= 1
+        child[b[0]][b[1]] += 1
+        return
+    _trim(child, budget, rng, keep=a)
+
+
+def _trim(child: dict[str, list[int]], budget: Budget, rng: random.Random, keep: tuple[str, int]) -> None:
+    """Lower levels (not ``keep``'s, just raised) in random order while the sum holds. Levels of the two
+    kinds differ in size, so trading a large level for a small one overshoots the target; this gives the
+    difference back, so a candidate removes less than any level it could still lower above the target,
+    and a move may end as one level up for several down."""
+    ladders = budget.ladders
+    places = [
+        (k, i)
+        for k in sorted(ladders)
+        for i in range(ladders[k].num_layers)
+        if (k, i) != keep and child[k][i] > ladders[k].floor[i]
+    ]
+    rng.shuffle(places)
+    for kind, layer in places:
+        level = child[kind][layer]
+        if level > ladders[kind].floor[layer] and budget.slack(child) >= ladders[kind].step(layer, level - 1):
+            child[kind][layer] -= 1
 
 
 # ----------------------------------------------------------------------------------------------------------

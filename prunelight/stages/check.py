@@ -115,10 +115,21 @@ def check_reachable(module: Any, ranking: RankingConfig, search: SearchSettings 
 
 
 def check_ladders(table: Any, result: Any, ranking: RankingConfig, search: SearchSettings) -> None:
-    """Each kind's ladder of ``search.levels`` must hold its share of the target."""
+    """Each kind's ladder of ``search.levels`` must hold its share of the target (``search.budget: joint``:
+    the ladders together must hold the whole target)."""
     from prunelight.calibration.search_fitness import search_space
 
     ladders, targets = search_space(table, result, ranking, search.levels)
+    if search.budget == "joint":
+        most, total = sum(ladder.most() for ladder in ladders.values()), sum(targets.values())
+        if most < total:
+            top = (search.levels - 1) / search.levels
+            raise ConfigError(
+                f"search.levels {search.levels} lets a layer lose at most {top:.0%} of its groups (and "
+                f"max_rate limits it further): {most:,} parameters, fewer than the target {total:,}; raise "
+                "search.levels or ranking.max_rate, or lower ranking.ratio"
+            )
+        return
     for kind, ladder in ladders.items():
         target = targets[kind]
         if ladder.most() < target:

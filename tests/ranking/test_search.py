@@ -127,3 +127,53 @@ def test_an_infeasible_seed_is_refused():
     seed["mlp"] = (0, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="seed 'uniform' is not a feasible mlp ladder point"):
         search(LADDERS, TARGETS, {"uniform": seed}, cost, SearchSettings(generations=1))
+
+
+def exhaustive_joint() -> tuple[dict, float]:
+    """The cheapest genome whose two kinds together remove at least the targets' sum."""
+    total = sum(TARGETS.values())
+    points = {
+        kind: list(
+            itertools.product(*(range(f, t + 1) for f, t in zip(ladder.floor, ladder.top, strict=True)))
+        )
+        for kind, ladder in LADDERS.items()
+    }
+    best, best_cost = None, float("inf")
+    for attention in points["attention"]:
+        for mlp in points["mlp"]:
+            genome = {"attention": attention, "mlp": mlp}
+            removed = LADDERS["attention"].removed(attention) + LADDERS["mlp"].removed(mlp)
+            if removed >= total and cost(genome) < best_cost:
+                best, best_cost = genome, cost(genome)
+    return best, best_cost
+
+
+def test_a_joint_budget_moves_parameters_between_kinds_and_finds_the_joint_optimum():
+    """Under ``budget: joint`` the search trades attention levels for MLP levels: it finds the exhaustive
+    optimum over all genomes that remove the targets' sum, which is cheaper than the per-kind optimum and
+    removes another split of the kinds; no candidate removes less than the sum, or a whole level more."""
+    seen = []
+
+    def fitness(genome, stage, generation):
+        seen.append(genome)
+        return cost(genome)
+
+    expected, expected_cost = exhaustive_joint()
+    per_kind, per_kind_cost = exhaustive()
+    assert expected_cost < per_kind_cost  # the joint budget has something to gain here
+    assert LADDERS["mlp"].removed(expected["mlp"]) < TARGETS["mlp"]  # it pays in attention instead
+    settings = SearchSettings(generations=150, offspring=8, budget="joint")
+    result = search(LADDERS, TARGETS, {"uniform": uniform_seed()}, fitness, settings)
+    assert result.best == expected and result.best_fitness == expected_cost
+    total, step = sum(TARGETS.values()), 40  # the largest level: one attention group
+    removed = [sum(LADDERS[k].removed(g[k]) for k in LADDERS) for g in seen]
+    assert min(removed) >= total and max(removed) < total + step
+
+
+def test_a_seed_under_the_joint_budget_is_refused_and_the_budget_is_checked():
+    seed = uniform_seed()
+    seed["mlp"] = (0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="seed 'uniform' removes fewer parameters than the targets' sum 320"):
+        search(LADDERS, TARGETS, {"uniform": seed}, cost, SearchSettings(generations=1, budget="joint"))
+    with pytest.raises(ConfigError, match="search.budget must be per_kind or joint, got 'both'"):
+        SearchSettings(budget="both")

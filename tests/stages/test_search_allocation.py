@@ -53,6 +53,18 @@ def test_search_writes_its_report_and_plans_within_the_budget(tiny_llama, tmp_pa
     ).stat().st_size > 10_000
 
 
+def test_a_joint_budget_meets_the_whole_target_and_says_so(tiny_llama, tmp_path):
+    """``search.budget: joint``: the plan removes at least the whole target, split between the kinds as the
+    search found best; the report records the budget."""
+    main(tiny_prune_args(tiny_llama, tmp_path, *SEARCH, "--search.budget", "joint"))
+    analysis = tmp_path / tiny_llama.name / "run" / "analysis"
+    report = json.loads((analysis / "search.json").read_text())
+    prune = json.loads((analysis / "prune.json").read_text())
+    assert report["settings"]["budget"] == "joint"
+    assert prune["prunable"]["removed"] >= sum(report["targets"].values())
+    assert prune["prunable"]["removed"] == report["removed_params"][report["chosen"]]
+
+
 def test_the_search_scores_repaired_candidates_when_the_run_repairs(tiny_llama, tmp_path):
     """With reconstruction.method lsq every candidate is scored with its cut layers refitted: the report
     says so, and the KLs are not those of the unrepaired search."""
@@ -99,6 +111,20 @@ def test_two_ddp_processes_search_the_plan_of_one(tiny_llama, tmp_path, repair):
             ["--search.levels", "2", "--ranking.kinds", "[mlp]", "--ranking.ratio", "0.6"],
             "at most 50% of its mlp",
         ),
+        (
+            [
+                "--search.levels",
+                "2",
+                "--search.budget",
+                "joint",
+                "--ranking.kinds",
+                "[mlp]",
+                "--ranking.ratio",
+                "0.6",
+            ],
+            "at most 50% of its groups",
+        ),
+        (["--search.budget", "both"], "search.budget"),
     ],
 )
 def test_bad_search_settings_are_one_line_before_calibrating(tiny_llama, tmp_path, capsys, extra, message):
