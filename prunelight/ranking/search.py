@@ -379,7 +379,7 @@ def _trim(child: dict[str, list[int]], budget: Budget, rng: random.Random, keep:
     rng.shuffle(places)
     for kind, layer in places:
         level = child[kind][layer]
-        if level > ladders[kind].floor[layer] and budget.slack(child) >= ladders[kind].step(layer, level - 1):
+        if budget.slack(child) >= ladders[kind].step(layer, level - 1):  # level is above the floor
             child[kind][layer] -= 1
 
 

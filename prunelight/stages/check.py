@@ -120,25 +120,17 @@ def check_ladders(table: Any, result: Any, ranking: RankingConfig, search: Searc
     from prunelight.calibration.search_fitness import search_space
 
     ladders, targets = search_space(table, result, ranking, search.levels)
-    if search.budget == "joint":
-        most, total = sum(ladder.most() for ladder in ladders.values()), sum(targets.values())
-        if most < total:
+    reach = {kind: (ladder.most(), targets[kind]) for kind, ladder in ladders.items()}
+    if search.budget == "joint":  # one total: the kinds together
+        reach = {"": (sum(m for m, _ in reach.values()), sum(t for _, t in reach.values()))}
+    for kind, (most, target) in reach.items():
+        if most < target:
             top = (search.levels - 1) / search.levels
+            what = f"{kind} " if kind else ""
             raise ConfigError(
-                f"search.levels {search.levels} lets a layer lose at most {top:.0%} of its groups (and "
-                f"max_rate limits it further): {most:,} parameters, fewer than the target {total:,}; raise "
-                "search.levels or ranking.max_rate, or lower ranking.ratio"
-            )
-        return
-    for kind, ladder in ladders.items():
-        target = targets[kind]
-        if ladder.most() < target:
-            top = (search.levels - 1) / search.levels
-            raise ConfigError(
-                f"search.levels {search.levels} lets a layer lose at most {top:.0%} of its "
-                f"{kind} groups (and max_rate limits it further): {ladder.most():,} parameters, fewer than "
-                f"the {kind} target {target:,}; raise search.levels or ranking.max_rate, or lower "
-                "ranking.ratio"
+                f"search.levels {search.levels} lets a layer lose at most {top:.0%} of its {what}groups "
+                f"(and max_rate limits it further): {most:,} parameters, fewer than the {what}target "
+                f"{target:,}; raise search.levels or ranking.max_rate, or lower ranking.ratio"
             )
 
 
